@@ -1,0 +1,49 @@
+# The commands a person types. `make test` is the README's test command and what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.dctkd-installed
+PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
+SYNCED := nbs dctkd README.md
+
+.PHONY: install sync test demo bench clean
+
+# A fresh .venv with torch pinned first (the local CPU build), then dctkd and its dev extras under the same
+# constraints, so pip can never replace torch or pull an unpinned torchvision.
+$(STAMP): settings.ini setup.py constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "installing torch==2.13.0 and dctkd[dev] into $(VENV) ..."
+	@$(PIP) torch==2.13.0 2> >(grep -v 'is ignored: it is neither' >&2)
+	@$(PIP) -e '.[dev]' 2> >(grep -v 'is ignored: it is neither' >&2)
+	@touch $@
+
+install: $(STAMP)
+
+# Notebooks are the source: fail when nbdev_clean, nbdev_export or the README build would change a file.
+sync: $(STAMP)
+	@if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then echo "sync check skipped: not a git checkout"; exit 0; fi; \
+	before="$$(git status --porcelain -- $(SYNCED); git diff -- $(SYNCED))"; \
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export && $(BIN)/dctkd_readme >/dev/null || exit 1; \
+	after="$$(git status --porcelain -- $(SYNCED); git diff -- $(SYNCED))"; \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "notebooks and library out of sync: nbdev_clean / nbdev_export / dctkd_readme changed these files:"; \
+	  git status --porcelain -- $(SYNCED); \
+	  echo "review them (git diff), then commit notebooks, dctkd/ and README.md together"; exit 1; fi; \
+	echo "notebooks, library and README in sync"
+
+test: sync
+	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider
+
+demo: $(STAMP)
+	@mkdir -p runs/demo
+	@for nb in 00_dct 01_attention 02_losses; do \
+	  echo "papermill nbs/$$nb.ipynb -> runs/demo/$$nb.ipynb"; \
+	  (cd nbs && ../$(BIN)/papermill -k python3 --cwd . $$nb.ipynb ../runs/demo/$$nb.ipynb --progress-bar) || exit 1; done
+	@echo "done: open the executed notebooks (with their figures) in runs/demo/"
+
+bench: $(STAMP)
+	@$(BIN)/python benchmarks/dct.py
+
+clean:
+	rm -rf _proc _docs runs/demo .pytest_cache

@@ -1,0 +1,39 @@
+"""Every notebook's own tests, run by nbdev's notebook runner: one pytest test per notebook."""
+from configparser import ConfigParser
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS = ROOT / 'nbs'
+
+
+def _notebooks():
+    "Notebooks nbdev_test would run: not hidden, not `_`-prefixed, not under a folder holding `.notest`."
+    out = []
+    for p in sorted(NBS.rglob('*.ipynb')):
+        rel = p.relative_to(NBS)
+        if any(part.startswith(('.', '_')) for part in rel.parts): continue
+        if any((NBS / Path(*rel.parts[:i]) / '.notest').exists() for i in range(len(rel.parts))): continue
+        out.append(p)
+    return out
+
+
+def _skip_flags():
+    "settings.ini's tst_flags, less `cuda` when a GPU is present."
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini')
+    flags = cfg['DEFAULT'].get('tst_flags', '').split()
+    return [f for f in flags if not (f == 'cuda' and torch.cuda.is_available())]
+
+
+def test_notebooks_found():
+    names = {p.stem for p in _notebooks()}
+    assert {'index', '00_dct', '01_attention', '02_losses', '99_compat'} <= names
+
+
+@pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))
+def test_notebook(nb):
+    from nbdev.test import test_nb
+    ok, _ = test_nb(nb, skip_flags=_skip_flags(), basepath=ROOT)
+    assert ok, f'{nb.name} failed; its traceback is in the captured stderr above'

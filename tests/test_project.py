@@ -1,0 +1,33 @@
+"""The project's wiring: CI calls the README's test command; installs pin torch; README comes from index.ipynb."""
+from configparser import ConfigParser
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / 'README.md').read_text()
+    assert 'make test' in readme and 'make demo' in readme
+    ci = [l.strip() for l in (ROOT / '.ci/run').read_text().splitlines() if l.strip() and not l.startswith('#')]
+    assert ci[-1] == 'make test'
+
+
+def test_constraints_pin_torch_and_torchvision_and_make_uses_them():
+    pins = {l.strip() for l in (ROOT / 'constraints.txt').read_text().splitlines() if l.strip() and not l.startswith('#')}
+    assert pins == {'torch==2.13.0', 'torchvision==0.28.0'}
+    mk = (ROOT / 'Makefile').read_text()
+    assert '-c constraints.txt' in mk and 'torch==2.13.0' in mk
+
+
+def test_settings_keep_papermill_tags_and_nbdev2_pins():
+    cfg = ConfigParser(delimiters=['=']); cfg.read(ROOT / 'settings.ini')
+    d = cfg['DEFAULT']
+    assert d['allowed_cell_metadata_keys'].split() == ['tags']
+    assert set(d['tst_flags'].split()) >= {'slow', 'cuda'}
+    dev = d['dev_requirements'].split()
+    assert {'nbdev==2.4.14', 'fastcore==1.14.5', 'execnb==0.1.18'} <= set(dev)
+
+
+def test_readme_is_generated_from_index_notebook(tmp_path):
+    from dctkd.docs import readme_markdown
+    assert readme_markdown(ROOT / 'nbs' / 'index.ipynb') == (ROOT / 'README.md').read_text()
