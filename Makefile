@@ -35,15 +35,16 @@ sync: $(STAMP)
 test: sync
 	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider
 
+# Executes the core notebooks into a new, time-stamped folder (earlier runs are never overwritten).
 demo: $(STAMP)
-	@mkdir -p runs/demo
-	@for nb in 00_dct 01_attention 02_losses; do \
-	  echo "papermill nbs/$$nb.ipynb -> runs/demo/$$nb.ipynb"; \
-	  (cd nbs && ../$(BIN)/papermill -k python3 --cwd . $$nb.ipynb ../runs/demo/$$nb.ipynb --progress-bar) || exit 1; done
-	@echo "done: open the executed notebooks (with their figures) in runs/demo/"
+	@mkdir -p runs/demo; out=$$(mktemp -d runs/demo/$$(date +%Y%m%d-%H%M%S)-XXXX); \
+	for nb in 00_dct 01_attention 02_losses; do \
+	  echo "papermill nbs/$$nb.ipynb -> $$out/$$nb.ipynb"; \
+	  (cd nbs && ../$(BIN)/papermill -k python3 --cwd . $$nb.ipynb ../$$out/$$nb.ipynb) || exit 1; done; \
+	echo "done: the executed notebooks, with their figures, are in $$out/"
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/dct.py
 
 clean:
-	rm -rf _proc _docs runs/demo .pytest_cache
+	rm -rf _proc _docs .pytest_cache

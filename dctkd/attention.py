@@ -5,22 +5,47 @@
 # %% auto #0
 __all__ = ['NORMS', 'attention_map', 'minmax_norm', 'max_norm']
 
-# %% ../nbs/01_attention.ipynb #d52c5f74
+# %% ../nbs/01_attention.ipynb #dd81faf3
 import torch
 
 from .dct import compute_dtype
 
-# %% ../nbs/01_attention.ipynb #fec57cac
+# %% ../nbs/01_attention.ipynb #06e44cfd
+_CHUNK = 1 << 20  # elements of the squared temporary per step on CPU (4 MB in float32)
+
+def _channel_sum_of_squares(f):
+    "Σ_c f², (B, C, H, W) -> (B, H, W), without a full-size temporary on CPU."
+    if f.device.type != 'cpu' or f.shape[0] == 0: return f.square().sum(1)
+    n = max(1, _CHUNK // max(1, f[0].numel()))
+    if n >= f.shape[0]: return f.square().sum(1)
+    return torch.cat([f[i:i + n].square().sum(1) for i in range(0, f.shape[0], n)])
+
+class _AttentionMap(torch.autograd.Function):
+    "Channel mean of squares with its gradient written out: dA/dF = 2F/C."
+    @staticmethod
+    def forward(ctx, f):
+        ctx.save_for_backward(f)
+        return _channel_sum_of_squares(f) / f.shape[1]
+
+    @staticmethod
+    def backward(ctx, g):
+        f, = ctx.saved_tensors
+        return f * (g * (2 / f.shape[1])).unsqueeze(1)
+
+# %% ../nbs/01_attention.ipynb #45a2ba4c
 def attention_map(f:torch.Tensor, # features (B, C, H, W)
                  ) -> torch.Tensor:
     "Channel mean of squared activations, (B, C, H, W) -> (B, H, W), in float32 (float64 for float64 input)."
     if not isinstance(f, torch.Tensor) or f.ndim != 4:
         raise ValueError(f"attention_map: expected features of shape (B, C, H, W), got "
                          f"{tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__}")
+    if f.shape[1] == 0: raise ValueError(f"attention_map: features {tuple(f.shape)} have no channels")
     f = f.to(compute_dtype(f.dtype))
-    with torch.autocast(f.device.type, enabled=False): return f.square().mean(1)
+    with torch.autocast(f.device.type, enabled=False):
+        if f.requires_grad and torch.is_grad_enabled(): return _AttentionMap.apply(f)
+        return _channel_sum_of_squares(f) / f.shape[1]
 
-# %% ../nbs/01_attention.ipynb #2e809091
+# %% ../nbs/01_attention.ipynb #1f0a231d
 def _per_sample(x, fn):
     "Min, max and largest magnitude of each sample over its last two dims, shaped to broadcast against `x`."
     if not isinstance(x, torch.Tensor) or x.ndim < 2:
@@ -34,7 +59,7 @@ def _safe_div(num, den, ok):
     "num / den where `ok`, else 0 — with no inf or NaN in either the value or its gradient."
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
-# %% ../nbs/01_attention.ipynb #8a366214
+# %% ../nbs/01_attention.ipynb #e0e3bea0
 def minmax_norm(x:torch.Tensor, # maps (..., H, W), normalised per map
                 eps:float=1e-6,  # maps whose range is ≤ eps·max|x| count as constant and map to 0
                ) -> torch.Tensor:

@@ -60,3 +60,25 @@ def test_bad_input_names_the_shape():
         attention_map(torch.ones(2, 3))
     with pytest.raises(ValueError, match='minmax_norm'):
         minmax_norm(torch.ones(3))
+
+
+@pytest.mark.parametrize('chunk', [1, 7, 1 << 20, 1 << 30])
+def test_chunked_sum_and_written_out_gradient_match_autograd(monkeypatch, chunk):
+    import dctkd.attention as att
+    monkeypatch.setattr(att, '_CHUNK', chunk)
+    f = torch.randn(5, 6, 9, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(5, 9, 8, dtype=torch.float64)
+    a = attention_map(f)
+    assert np.abs(a.detach().numpy() - (f.detach().numpy() ** 2).mean(1)).max() < 1e-13
+    (grad,) = torch.autograd.grad((a * g).sum(), f)
+    assert torch.allclose(grad, 2 * f.detach() * g[:, None] / 6, atol=1e-14, rtol=0)
+    assert torch.autograd.gradcheck(attention_map, (f,))
+    assert torch.autograd.gradgradcheck(attention_map, (f,))
+
+
+def test_channels_last_and_no_grad_paths_agree():
+    f = torch.randn(4, 16, 7, 7)
+    ref = attention_map(f)
+    assert torch.allclose(attention_map(f.contiguous(memory_format=torch.channels_last)), ref, atol=1e-6)
+    with torch.inference_mode():
+        assert torch.allclose(attention_map(f), ref, atol=0)

@@ -31,3 +31,21 @@ def test_settings_keep_papermill_tags_and_nbdev2_pins():
 def test_readme_is_generated_from_index_notebook(tmp_path):
     from dctkd.docs import readme_markdown
     assert readme_markdown(ROOT / 'nbs' / 'index.ipynb') == (ROOT / 'README.md').read_text()
+
+
+def test_nbdev_clean_keeps_papermill_parameters_tag(tmp_path):
+    import json, shutil, subprocess, sys
+    from pathlib import Path as P
+    shutil.copy(ROOT / 'settings.ini', tmp_path / 'settings.ini')
+    (tmp_path / 'nbs').mkdir()
+    nb = {'cells': [{'cell_type': 'code', 'execution_count': 3, 'id': 'a1', 'outputs': [],
+                     'metadata': {'tags': ['parameters'], 'scrolled': True}, 'source': ['lr = 0.1']}],
+          'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'},
+                       'language_info': {'name': 'python', 'version': '3.11'}}, 'nbformat': 4, 'nbformat_minor': 5}
+    f = tmp_path / 'nbs' / 'run.ipynb'
+    f.write_text(json.dumps(nb))
+    clean = P(sys.executable).parent / 'nbdev_clean'
+    subprocess.run([str(clean), '--fname', str(f)], cwd=tmp_path, check=True, capture_output=True)
+    cell = json.loads(f.read_text())['cells'][0]
+    assert cell['metadata'] == {'tags': ['parameters']}       # the tag survives, other cell metadata goes
+    assert cell['execution_count'] is None
