@@ -5,12 +5,12 @@
 # %% auto #0
 __all__ = ['TRANSFORMS', 'dct_matrix', 'compute_dtype', 'dct2', 'idct2', 'fft_real', 'fft_abs', 'get_transform']
 
-# %% ../nbs/00_dct.ipynb #793398bd
+# %% ../nbs/00_dct.ipynb #23731dd5
 import math
 
 import torch
 
-# %% ../nbs/00_dct.ipynb #544c8c51
+# %% ../nbs/00_dct.ipynb #6875e3a0
 _BASES = {}  # (n, dtype, device) -> the n×n orthonormal DCT-II matrix
 
 def dct_matrix(n:int,           # transform length (a positive int)
@@ -33,7 +33,7 @@ def dct_matrix(n:int,           # transform length (a positive int)
         _BASES[key] = C
     return C
 
-# %% ../nbs/00_dct.ipynb #bc9bf1c1
+# %% ../nbs/00_dct.ipynb #ce627d73
 def compute_dtype(dtype:torch.dtype) -> torch.dtype:
     "The dtype dctkd computes in for inputs of `dtype`: float64 stays, every other real dtype becomes float32."
     if dtype.is_complex: raise TypeError(f"expected a real tensor, got dtype {dtype}; pass x.real or x.abs()")
@@ -49,7 +49,7 @@ def _no_autocast(x):
     "A context that switches autocast off on `x`'s device."
     return torch.autocast(x.device.type, enabled=False)
 
-# %% ../nbs/00_dct.ipynb #0cb1e72c
+# %% ../nbs/00_dct.ipynb #b76346ae
 def dct2(x:torch.Tensor, # real tensor (..., H, W)
         ) -> torch.Tensor:
     "Orthonormal 2-D DCT-II over the last two dims, equal to `scipy.fft.dctn(x, type=2, norm='ortho', axes=(-2, -1))`."
@@ -64,7 +64,7 @@ def idct2(X:torch.Tensor, # real tensor of DCT-II coefficients (..., H, W)
     CH, CW = dct_matrix(X.shape[-2], X.dtype, X.device), dct_matrix(X.shape[-1], X.dtype, X.device)
     with _no_autocast(X): return CH.mT @ X @ CW
 
-# %% ../nbs/00_dct.ipynb #a650cb71
+# %% ../nbs/00_dct.ipynb #97306143
 def fft_real(x:torch.Tensor, # real tensor (..., H, W)
             ) -> torch.Tensor:
     "Re of the unnormalised 2-D FFT over the last two dims: the original code's transform at HEAD (Oct 2021)."

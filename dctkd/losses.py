@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['VARIANTS', 'attention_spectrum', 'dct_stage_distances', 'prediction_guide', 'dct_loss', 'DCTLoss']
 
-# %% ../nbs/02_losses.ipynb #2c062733
+# %% ../nbs/02_losses.ipynb #d37a6f01
 from collections.abc import Sequence
 
 import torch
@@ -15,7 +15,7 @@ from torch import nn
 from .attention import NORMS, attention_map
 from .dct import get_transform
 
-# %% ../nbs/02_losses.ipynb #a422addd
+# %% ../nbs/02_losses.ipynb #d9456b9f
 VARIANTS = {  # transform -> (attention-map normalisation, spectrum normalisation); see the table above
     'dct': ('minmax', 'minmax'),
     'fft-real': ('minmax', 'minmax'),
@@ -28,7 +28,7 @@ def _variant(transform):
     am, sp = VARIANTS[transform]
     return get_transform(transform), NORMS[am], NORMS[sp]
 
-# %% ../nbs/02_losses.ipynb #4eed2ef5
+# %% ../nbs/02_losses.ipynb #ec460db3
 def attention_spectrum(a:torch.Tensor,    # attention maps (..., H, W)
                        transform:str='dct', # 'dct', 'fft-real' or 'fft-abs'
                        eps:float=1e-6,       # relative threshold below which a map counts as constant
@@ -38,7 +38,7 @@ def attention_spectrum(a:torch.Tensor,    # attention maps (..., H, W)
     a = am_norm(a, eps)
     return sp_norm(T(a - a.mean((-2, -1), keepdim=True)), eps)
 
-# %% ../nbs/02_losses.ipynb #496d75eb
+# %% ../nbs/02_losses.ipynb #e86b3800
 def _as_stages(feats, who):
     "A list of feature tensors from a single tensor or a sequence of them."
     if isinstance(feats, torch.Tensor): return [feats]
@@ -66,7 +66,7 @@ def _safe_norm(d):
     ok = sq > 0
     return torch.where(ok, torch.where(ok, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
-# %% ../nbs/02_losses.ipynb #89347a5a
+# %% ../nbs/02_losses.ipynb #13fd987c
 def dct_stage_distances(student_feats, # student features: a (B, C, H, W) tensor or a sequence of them, one per stage
                         teacher_feats, # teacher features, same stages and spatial sizes (channels may differ)
                         *,
@@ -86,7 +86,7 @@ def dct_stage_distances(student_feats, # student features: a (B, C, H, W) tensor
         out.append(_safe_norm(Ds - Dt.to(Ds.dtype)))
     return torch.stack(out, 1)
 
-# %% ../nbs/02_losses.ipynb #f8b61609
+# %% ../nbs/02_losses.ipynb #f93d52e5
 def prediction_guide(teacher_logits:torch.Tensor, # (B, num_classes)
                      targets:torch.Tensor,        # (B,) class indices
                     ) -> torch.Tensor:
@@ -96,7 +96,7 @@ def prediction_guide(teacher_logits:torch.Tensor, # (B, num_classes)
                          f"{tuple(teacher_logits.shape)} and {tuple(targets.shape)}")
     return teacher_logits.detach().argmax(1) == targets
 
-# %% ../nbs/02_losses.ipynb #afde055e
+# %% ../nbs/02_losses.ipynb #99679cf9
 def dct_loss(student_feats, # student features: a (B, C, H, W) tensor or a sequence of them, one per stage
              teacher_feats, # teacher features, same stages and spatial sizes (channels may differ)
              *,
@@ -120,7 +120,7 @@ def dct_loss(student_feats, # student features: a (B, C, H, W) tensor or a seque
         loss = torch.where(mask, loss, torch.zeros_like(loss))
     return loss if reduction == 'none' else loss.mean() if reduction == 'mean' else loss.sum()
 
-# %% ../nbs/02_losses.ipynb #2f445ab9
+# %% ../nbs/02_losses.ipynb #dddb3380
 class DCTLoss(nn.Module):
     "The DCT-driven attention loss as a module; see `dct_loss`."
     def __init__(self, transform:str='dct', reduction:str='mean', pool:bool=False, eps:float=1e-6):
