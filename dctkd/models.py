@@ -7,7 +7,7 @@ __all__ = ['DEFAULT_TAPS', 'PAPER_ARCHS', 'default_taps', 'TappedModel', 'replac
            'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'save_model', 'FrozenTeacher', 'PairReport',
            'check_pair']
 
-# %% ../nbs/04_models.ipynb #61cc8c74
+# %% ../nbs/04_models.ipynb #ea48c2bc
 import copy
 import difflib
 import fnmatch
@@ -23,7 +23,7 @@ from torch import nn
 import dctkd.compat  # noqa: F401  (before torchvision)
 import torchvision
 
-# %% ../nbs/04_models.ipynb #15851560
+# %% ../nbs/04_models.ipynb #74d9c42f
 DEFAULT_TAPS = {
     'resnet*': ['layer1', 'layer2', 'layer3', 'layer4', 'fc:in'],
     'resnext*': ['layer1', 'layer2', 'layer3', 'layer4', 'fc:in'],
@@ -44,7 +44,7 @@ def default_taps(arch:str) -> list:
     raise ValueError(f"no default taps for {arch!r}; pass taps=[...] with module names (see suggest_taps) "
                      f"or use one of the families {list(DEFAULT_TAPS)}")
 
-# %% ../nbs/04_models.ipynb #cd3b37c5
+# %% ../nbs/04_models.ipynb #f543056d
 def _parse_tap(tap):
     "('module.name', 'out' | 'in') from 'module.name' or 'module.name:in'."
     name, _, where = tap.partition(':')
@@ -90,7 +90,7 @@ class TappedModel(nn.Module):
 
     def extra_repr(self): return f"arch={self.arch!r}, taps={self.taps}"
 
-# %% ../nbs/04_models.ipynb #4cc8afb6
+# %% ../nbs/04_models.ipynb #1670d580
 def _head(model):
     "(parent module, attribute name, Linear) of the model's last nn.Linear: its classifier."
     last = None
@@ -118,7 +118,7 @@ def num_classes_of(model:nn.Module) -> int:
     "Number of outputs of the model's classifier (its last nn.Linear)."
     return _head(model.model if isinstance(model, TappedModel) else model)[2].out_features
 
-# %% ../nbs/04_models.ipynb #95130b85
+# %% ../nbs/04_models.ipynb #119e9c53
 def build_model(arch:str,          # a torchvision classification architecture, e.g. 'resnet18', 'mobilenet_v2'
                 num_classes:int,   # outputs of the classifier
                 pretrained=None,   # None, 'imagenet' (torchvision's IMAGENET1K_V1; 'imagenet:V2' for V2) or a checkpoint path
@@ -142,7 +142,7 @@ def build_model(arch:str,          # a torchvision classification architecture, 
         if pretrained is not None: load_weights(model, pretrained, arch=arch)
     return TappedModel(model, taps, arch=arch)
 
-# %% ../nbs/04_models.ipynb #4ef204a8
+# %% ../nbs/04_models.ipynb #18f09a97
 def _shape_only(arch):
     "An untrained `arch` for shape queries: on the meta device when its constructor allows, else on CPU."
     try:
@@ -159,11 +159,14 @@ def tap_shapes(model,              # a TappedModel, or an architecture name (bui
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     meta = {k: torch.empty_like(v, device='meta') for k, v in [*model.named_parameters(), *model.named_buffers()]}
     x = torch.empty(batch_size, 3, h, w, device='meta')
-    with torch.no_grad():
-        _, feats = torch.func.functional_call(model, meta, (x,))
+    was_training = model.training
+    model.eval()                              # shapes only: no batch statistics (a batch of 1 at 1×1 would fail)
+    try:
+        with torch.no_grad(): _, feats = torch.func.functional_call(model, meta, (x,))
+    finally: model.train(was_training)
     return [tuple(f.shape) for f in feats]
 
-# %% ../nbs/04_models.ipynb #c6324944
+# %% ../nbs/04_models.ipynb #fad568ae
 def suggest_taps(model:nn.Module, # an (unwrapped) classification network
                  input_size:int=224,
                 ) -> list:
@@ -175,9 +178,12 @@ def suggest_taps(model:nn.Module, # an (unwrapped) classification network
     for name, m in mods:
         hooks.append(m.register_forward_hook(lambda mod, a, out, name=name: seen.append((prefix + name, out))))
     meta = {k: torch.empty_like(v, device='meta') for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad(): torch.func.functional_call(model, meta, (torch.empty(1, 3, input_size, input_size, device='meta'),))
     finally:
+        model.train(was_training)
         for h in hooks: h.remove()
     taps = []
     for stride in (4, 8, 16, 32):
@@ -185,7 +191,7 @@ def suggest_taps(model:nn.Module, # an (unwrapped) classification network
         if hits: taps.append(hits[-1])
     return taps + [_head_name(model).split('.')[0] + ':in']
 
-# %% ../nbs/04_models.ipynb #e3470d82
+# %% ../nbs/04_models.ipynb #6116aa6e
 def _read_state_dict(path):
     "The model state_dict inside a checkpoint file in any supported layout, with `module.` prefixes removed."
     path = Path(path)
@@ -198,7 +204,7 @@ def _read_state_dict(path):
     else: raise ValueError(f"{path} is not a torchvision state_dict, a Places365 checkpoint or a dctkd model file")
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
 
-# %% ../nbs/04_models.ipynb #996847cd
+# %% ../nbs/04_models.ipynb #219ec01a
 def guess_arch(state_dict:dict) -> str:
     "The torchvision architecture whose parameter names and shapes best match `state_dict` (classifier excluded)."
     def sig(sd): return {k: tuple(v.shape) for k, v in sd.items() if v.ndim > 0}
@@ -211,7 +217,7 @@ def guess_arch(state_dict:dict) -> str:
         if score > best[0]: best = (score, arch)
     return best[1] if best[0] > 0.5 else 'an unknown architecture'
 
-# %% ../nbs/04_models.ipynb #b34b24f2
+# %% ../nbs/04_models.ipynb #86b915d3
 def load_weights(model:nn.Module, # the (unwrapped or tapped) model to fill
                  path,            # a checkpoint in torchvision, Places365 or dctkd layout
                  arch:str=None,   # the model's architecture, for messages
@@ -236,7 +242,7 @@ def load_weights(model:nn.Module, # the (unwrapped or tapped) model to fill
     net.load_state_dict(sd, strict=False)
     return model
 
-# %% ../nbs/04_models.ipynb #4e4ede38
+# %% ../nbs/04_models.ipynb #dde22b05
 def save_model(model:TappedModel, # the model to save (its taps and arch are recorded)
                path,              # destination; never overwritten unless `overwrite`
                overwrite:bool=False,
@@ -256,7 +262,7 @@ def save_model(model:TappedModel, # the model to save (its taps and arch are rec
         if os.path.exists(tmp): os.remove(tmp)
     return path
 
-# %% ../nbs/04_models.ipynb #8a03e33c
+# %% ../nbs/04_models.ipynb #58236b05
 class FrozenTeacher(nn.Module):
     "A teacher that stays in eval mode, has no gradients and runs without autograd; optionally in half precision."
     def __init__(self,
@@ -281,7 +287,7 @@ class FrozenTeacher(nn.Module):
         if isinstance(out, tuple) and self.dtype is not None: out = (out[0].float(), *out[1:])
         return out
 
-# %% ../nbs/04_models.ipynb #08c74490
+# %% ../nbs/04_models.ipynb #5f7b6fa7
 @dataclass
 class PairReport:
     "Per-stage shapes of a student/teacher pair and what each method needs to run on it."

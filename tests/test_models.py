@@ -235,3 +235,9 @@ def test_bad_names_get_suggestions():
     net.model.forward = lambda x: net.model.fc(torch.zeros(x.shape[0], 512))     # a forward that skips layer1
     with pytest.raises(RuntimeError, match=r"taps \['layer1'\] were not reached"):
         net(torch.zeros(1, 3, 8, 8))
+
+
+def test_tap_shapes_in_train_mode_keeps_the_mode_and_handles_1x1_maps():
+    net = build_model('resnet18', 3).train()
+    assert tap_shapes(net, 32)[3] == (1, 512, 1, 1)       # a batch of 1 at 1×1 would break BN in train mode
+    assert net.training and all(m.training for m in net.modules())
