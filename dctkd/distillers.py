@@ -6,7 +6,7 @@
 __all__ = ['register', 'names', 'Distiller', 'build', 'NoDistillation', 'KD', 'DCT', 'AT', 'PKT', 'VIDRegressor', 'VID',
            'ContrastMemory', 'nce_loss', 'CRD', 'SemCKD', 'ABF', 'hcl_loss', 'ReviewKD']
 
-# %% ../nbs/03_distillers.ipynb #f944ec69
+# %% ../nbs/03_distillers.ipynb #a4db9939
 import inspect
 import math
 
@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dct import compute_dtype
 from .losses import at_loss, dct_loss, kd_loss, pkt_loss
 from .models import FrozenTeacher, TappedModel, tap_shapes
 
-# %% ../nbs/03_distillers.ipynb #f6c9ab7c
+# %% ../nbs/03_distillers.ipynb #4bfb12ce
 _REGISTRY = {}
 
 def register(cls):
@@ -32,7 +33,7 @@ def names() -> list:
     for n, cls in _REGISTRY.items(): out += [n] + ([f'{n}+kd'] if cls.combinable else [])
     return out
 
-# %% ../nbs/03_distillers.ipynb #dc93c776
+# %% ../nbs/03_distillers.ipynb #99e19af8
 class Distiller(nn.Module):
     "Base class: holds β, α, δ, T and turns the method's loss into named, weighted terms."
     name = None        # registry name, also the name of the method's term
@@ -55,7 +56,7 @@ class Distiller(nn.Module):
     def forward(self, student_out, teacher_out, targets, index=None):
         "Named, weighted loss terms {'ce': β·CE, <name>: α·L, 'kd': δ·KD} for one batch."
         s_logits, s_feats = student_out
-        terms = {'ce': self.beta * F.cross_entropy(s_logits.float(), targets)}
+        terms = {'ce': self.beta * F.cross_entropy(s_logits.to(compute_dtype(s_logits.dtype)), targets)}
         if teacher_out is None:
             if self.needs_teacher: raise ValueError(f"distiller {self.name!r} needs the teacher's (logits, feats)")
             return terms
@@ -66,7 +67,7 @@ class Distiller(nn.Module):
 
     def extra_repr(self): return f"alpha={self.alpha:g}, beta={self.beta:g}, delta={self.delta:g}, T={self.T:g}"
 
-# %% ../nbs/03_distillers.ipynb #7b995b0e
+# %% ../nbs/03_distillers.ipynb #295ecd23
 def _shapes(model, input_size):
     "Tap shapes (batch dim dropped) of a TappedModel, a FrozenTeacher around one, or a list of shapes."
     if isinstance(model, FrozenTeacher): model = model.model
@@ -96,7 +97,7 @@ def build(name:str,          # a method from `names()`, e.g. 'dct', 'crd+kd'
     t = _shapes(teacher, input_size) if teacher is not None else None
     return cls(s, t, num_train, **hparams)
 
-# %% ../nbs/03_distillers.ipynb #8a81a8ac
+# %% ../nbs/03_distillers.ipynb #c910d942
 @register
 class NoDistillation(Distiller):
     "Cross-entropy only: teachers and the vanilla student baselines."
@@ -142,7 +143,7 @@ class PKT(Distiller):
     name, alpha = 'pkt', 30000.0
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index): return pkt_loss(s_feats[-1], t_feats[-1])
 
-# %% ../nbs/03_distillers.ipynb #189c6fe7
+# %% ../nbs/03_distillers.ipynb #ec2cfed7
 class VIDRegressor(nn.Module):
     "VID's mean regressor and per-channel variance for one stage pair."
     def __init__(self, s_ch, t_ch, mid_ch=None, init_var=5.0, eps=1e-5):
@@ -175,7 +176,7 @@ class VID(Distiller):
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         return sum(r(s_feats[i], t_feats[i].detach()) for r, i in zip(self.regressors, self.stages))
 
-# %% ../nbs/03_distillers.ipynb #287b0935
+# %% ../nbs/03_distillers.ipynb #4ab3f387
 class ContrastMemory(nn.Module):
     "CRD's two memory banks (student and teacher embeddings of every training sample) and their constants Z."
     def __init__(self, dim, num_train, K, tau, momentum, labels=None):
@@ -232,7 +233,7 @@ def nce_loss(x:torch.Tensor, # (B, K+1) scores, the positive first
     log_d0 = torch.log(mPn / (x[:, 1:] + mPn + eps))
     return -(log_d1.sum() + log_d0.sum()) / x.shape[0]
 
-# %% ../nbs/03_distillers.ipynb #f4cc7f9f
+# %% ../nbs/03_distillers.ipynb #0e9e73d0
 @register
 class CRD(Distiller):
     "Contrastive representation distillation on the pooled vectors, with a memory bank over the training set."
@@ -247,14 +248,15 @@ class CRD(Distiller):
 
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         if index is None: return s_feats[-1].new_zeros(())
-        if index.min() < 0 or index.max() >= self.num_train:
-            raise IndexError(f"crd: sample index {int(index.max())} out of range for num_train={self.num_train}")
-        v_s = F.normalize(self.embed_s(s_feats[-1].flatten(1).float()), dim=1)
-        v_t = F.normalize(self.embed_t(t_feats[-1].detach().flatten(1).float()), dim=1)
+        bad = index[(index < 0) | (index >= self.num_train)]
+        if len(bad): raise IndexError(f"crd: sample index {int(bad[0])} out of range for num_train={self.num_train}")
+        dt = self.embed_s.weight.dtype
+        v_s = F.normalize(self.embed_s(s_feats[-1].flatten(1).to(dt)), dim=1)
+        v_t = F.normalize(self.embed_t(t_feats[-1].detach().flatten(1).to(dt)), dim=1)
         out_s, out_t = self.memory(v_s, v_t, index, targets)
         return nce_loss(out_s, self.num_train) + nce_loss(out_t, self.num_train)
 
-# %% ../nbs/03_distillers.ipynb #07077e47
+# %% ../nbs/03_distillers.ipynb #828ab539
 class _MLPEmbed(nn.Module):
     def __init__(self, dim_in, dim_out):
         super().__init__()
@@ -275,7 +277,7 @@ class SemCKD(Distiller):
                  s_stages=(1, 2, 3), t_stages=(1, 2, 3), **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         self.batch_size, self.s_stages, self.t_stages = batch_size, tuple(s_stages), tuple(t_stages)
-        dim = max(1, batch_size // factor)
+        dim = max(2, batch_size // factor)      # a 1-d embedding would normalise to ±1 and learn nothing
         self.query = nn.ModuleList(_MLPEmbed(batch_size, dim) for _ in self.s_stages)
         self.key = nn.ModuleList(_MLPEmbed(batch_size, dim) for _ in self.t_stages)
         self.regressors = nn.ModuleList(_semckd_regressor(student_shapes[i][0], teacher_shapes[j][0])
@@ -283,7 +285,7 @@ class SemCKD(Distiller):
 
     def _gram_rows(self, f):
         "Rows of the chunk's Gram matrix, zero-padded to the training batch size."
-        f = f.flatten(1).float()
+        f = f.flatten(1).to(self.query[0].net[0].weight.dtype)
         g = f @ f.T
         return F.pad(g, (0, self.batch_size - g.shape[1]))
 
@@ -312,7 +314,7 @@ class SemCKD(Distiller):
         mse = torch.stack(mse, 1).view(B, S, T)
         return (w * mse).sum() / (B * S)
 
-# %% ../nbs/03_distillers.ipynb #943ec023
+# %% ../nbs/03_distillers.ipynb #48330aee
 class ABF(nn.Module):
     "ReviewKD's attention-based fusion of one student level with the fused output of the deeper level."
     def __init__(self, in_ch, mid_ch, out_ch, fuse:bool):

@@ -6,7 +6,7 @@
 __all__ = ['VARIANTS', 'attention_spectrum', 'dct_stage_distances', 'prediction_guide', 'dct_loss', 'DCTLoss', 'kd_loss',
            'at_vector', 'at_loss', 'pkt_loss']
 
-# %% ../nbs/02_losses.ipynb #e6c6d700
+# %% ../nbs/02_losses.ipynb #041f230f
 from collections.abc import Sequence
 
 import torch
@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import NORMS, attention_map
-from .dct import get_transform
+from .dct import compute_dtype, get_transform
 
-# %% ../nbs/02_losses.ipynb #c785f128
+# %% ../nbs/02_losses.ipynb #10b93925
 VARIANTS = {  # transform -> (attention-map normalisation, spectrum normalisation); see the table above
     'dct': ('minmax', 'minmax'),
     'fft-real': ('minmax', 'minmax'),
@@ -29,7 +29,7 @@ def _variant(transform):
     am, sp = VARIANTS[transform]
     return get_transform(transform), NORMS[am], NORMS[sp]
 
-# %% ../nbs/02_losses.ipynb #ccecc22e
+# %% ../nbs/02_losses.ipynb #beb2a64e
 def attention_spectrum(a:torch.Tensor,    # attention maps (..., H, W)
                        transform:str='dct', # 'dct', 'fft-real' or 'fft-abs'
                        eps:float=1e-6,       # relative threshold below which a map counts as constant
@@ -39,7 +39,7 @@ def attention_spectrum(a:torch.Tensor,    # attention maps (..., H, W)
     a = am_norm(a, eps)
     return sp_norm(T(a - a.mean((-2, -1), keepdim=True)), eps)
 
-# %% ../nbs/02_losses.ipynb #ef45a579
+# %% ../nbs/02_losses.ipynb #2b916a1d
 def _as_stages(feats, who):
     "A list of feature tensors from a single tensor or a sequence of them."
     if isinstance(feats, torch.Tensor): return [feats]
@@ -67,7 +67,7 @@ def _safe_norm(d):
     ok = sq > 0
     return torch.where(ok, torch.where(ok, sq, torch.ones_like(sq)).sqrt(), torch.zeros_like(sq))
 
-# %% ../nbs/02_losses.ipynb #bc9cffd0
+# %% ../nbs/02_losses.ipynb #345d8524
 def dct_stage_distances(student_feats, # student features: a (B, C, H, W) tensor or a sequence of them, one per stage
                         teacher_feats, # teacher features, same stages and spatial sizes (channels may differ)
                         *,
@@ -87,7 +87,7 @@ def dct_stage_distances(student_feats, # student features: a (B, C, H, W) tensor
         out.append(_safe_norm(Ds - Dt.to(Ds.dtype)))
     return torch.stack(out, 1)
 
-# %% ../nbs/02_losses.ipynb #6d66f996
+# %% ../nbs/02_losses.ipynb #e69ab361
 def prediction_guide(teacher_logits:torch.Tensor, # (B, num_classes)
                      targets:torch.Tensor,        # (B,) class indices
                     ) -> torch.Tensor:
@@ -97,7 +97,7 @@ def prediction_guide(teacher_logits:torch.Tensor, # (B, num_classes)
                          f"{tuple(teacher_logits.shape)} and {tuple(targets.shape)}")
     return teacher_logits.detach().argmax(1) == targets
 
-# %% ../nbs/02_losses.ipynb #f67cc9c1
+# %% ../nbs/02_losses.ipynb #400bd6f7
 def dct_loss(student_feats, # student features: a (B, C, H, W) tensor or a sequence of them, one per stage
              teacher_feats, # teacher features, same stages and spatial sizes (channels may differ)
              *,
@@ -121,7 +121,7 @@ def dct_loss(student_feats, # student features: a (B, C, H, W) tensor or a seque
         loss = torch.where(mask, loss, torch.zeros_like(loss))
     return loss if reduction == 'none' else loss.mean() if reduction == 'mean' else loss.sum()
 
-# %% ../nbs/02_losses.ipynb #a7739dc7
+# %% ../nbs/02_losses.ipynb #94d33c4b
 class DCTLoss(nn.Module):
     "The DCT-driven attention loss as a module; see `dct_loss`."
     def __init__(self, transform:str='dct', reduction:str='mean', pool:bool=False, eps:float=1e-6):
@@ -135,7 +135,7 @@ class DCTLoss(nn.Module):
 
     def extra_repr(self): return f"transform={self.transform!r}, reduction={self.reduction!r}, pool={self.pool}"
 
-# %% ../nbs/02_losses.ipynb #924602c1
+# %% ../nbs/02_losses.ipynb #5c304031
 def kd_loss(student_logits:torch.Tensor, # (B, classes)
             teacher_logits:torch.Tensor, # (B, classes); no gradient flows to it
             T:float=4.,                  # temperature
@@ -144,11 +144,12 @@ def kd_loss(student_logits:torch.Tensor, # (B, classes)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ; KD needs the same classes")
-    log_ps = F.log_softmax(student_logits.float() / T, 1)
-    log_pt = F.log_softmax(teacher_logits.detach().float() / T, 1)
+    dt = compute_dtype(student_logits.dtype)
+    log_ps = F.log_softmax(student_logits.to(dt) / T, 1)
+    log_pt = F.log_softmax(teacher_logits.detach().to(dt) / T, 1)
     return F.kl_div(log_ps, log_pt, log_target=True, reduction='sum') * (T * T) / student_logits.shape[0]
 
-# %% ../nbs/02_losses.ipynb #f720cf32
+# %% ../nbs/02_losses.ipynb #2c303bbb
 def _pool_to_common(fs, ft):
     "Adaptive-average-pool the larger of two feature maps to the common (smaller) spatial size."
     size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
@@ -170,7 +171,7 @@ def at_loss(student_feats, teacher_feats, variant:str='code') -> torch.Tensor:
         total = total + (d.square().mean() if variant == 'code' else _safe_norm(d).mean() / (2 * d.shape[1]))
     return total
 
-# %% ../nbs/02_losses.ipynb #75d820cd
+# %% ../nbs/02_losses.ipynb #9815c131
 def _pkt_probs(f, eps):
     f = f.flatten(1)
     f = f / (f.norm(dim=1, keepdim=True) + eps)
@@ -180,5 +181,6 @@ def _pkt_probs(f, eps):
 def pkt_loss(student_vec:torch.Tensor, teacher_vec:torch.Tensor, eps:float=1e-7) -> torch.Tensor:
     "Probabilistic knowledge transfer between the batch's cosine-similarity distributions of pooled features."
     if student_vec.shape[0] != teacher_vec.shape[0]: raise ValueError("pkt_loss: student and teacher batch sizes differ")
-    ps, pt = _pkt_probs(student_vec.float(), eps), _pkt_probs(teacher_vec.detach().float(), eps)
+    dt = compute_dtype(student_vec.dtype)
+    ps, pt = _pkt_probs(student_vec.to(dt), eps), _pkt_probs(teacher_vec.detach().to(dt), eps)
     return (pt * torch.log((pt + eps) / (ps + eps))).mean()

@@ -1,0 +1,862 @@
+"""dctkd.distillers and the baseline losses (KD, AT, PKT): hand references written from the equations of
+original-method.md §2 and §1.8, properties of every registered method, and every method on the paper's pairs."""
+import gc
+import warnings
+
+import numpy as np
+import pytest
+import scipy.fft
+import torch
+import torch.nn.functional as F
+
+from dctkd.distillers import build, hcl_loss, names, nce_loss
+from dctkd.losses import at_loss, at_vector, kd_loss, pkt_loss
+from dctkd.models import FrozenTeacher, build_model
+import torchvision  # noqa: F401,E402  (after dctkd: its compat guard)
+
+B, NC = 4, 5
+S_SHAPES = [(4, 8, 8), (6, 4, 4), (8, 2, 2), (8, 1, 1), (8,)]
+T_SHAPES = [(5, 8, 8), (7, 4, 4), (9, 2, 2), (9, 1, 1), (9,)]
+INDEX = torch.tensor([0, 3, 6, 9])
+# the original's weights (original-method.md §2 table, §8 Q4)
+ALPHA = {'kd': 0.8, 'dct': 1.0, 'at': 1000.0, 'pkt': 30000.0, 'vid': 1.0, 'crd': 0.8, 'semckd': 400.0, 'reviewkd': 1.0}
+# which of (logits, a0, a1, a2, a3, a4) each method's own term reads from the student
+USES = {'kd': (0,), 'dct': (1, 2, 3, 4), 'at': (1, 2, 3, 4), 'pkt': (5,), 'vid': (2, 3, 4), 'crd': (5,),
+        'semckd': (2, 3, 4), 'reviewkd': (1, 2, 3, 4, 5)}
+HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC), 'semckd': dict(batch_size=B, factor=2)}   # B // 4 = 1 would make
+# SemCKD's query/key embeddings 1-dimensional: normalised to ±1, with zero gradient
+EXPECTED_NAMES = {'none', 'kd', 'dct', 'dct+kd', 'at', 'at+kd', 'pkt', 'pkt+kd', 'vid', 'vid+kd', 'crd', 'crd+kd',
+                  'semckd', 'semckd+kd', 'reviewkd', 'reviewkd+kd'}
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _aten_convolutions():
+    "ATen's own CPU convolutions for this module: oneDNN compiles a kernel per new shape (~0.1-0.5 s each, and this\n    module uses dozens of shapes) and its backward of SemCKD's 4096-channel 3×3 convs at 1×1 is ~20× slower."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')                       # a oneDNN TF32 notice when the flags are set
+        with torch.backends.mkldnn.flags(enabled=False): yield
+
+
+def _make(shapes, seed, batch=B, dtype=torch.float32, grad=False):
+    "(logits, feats) of random values for tap `shapes`; leaves that require grad when `grad`."
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, NC, generator=g, dtype=dtype)
+    feats = [torch.randn(batch, *s, generator=g, dtype=dtype) for s in shapes]
+    if grad:
+        for t in (logits, *feats): t.requires_grad_(True)
+    return logits, feats
+
+
+def _np(t): return t.detach().double().numpy()
+
+
+# ---- independent references (numpy, float64) ----------------------------------------------------------------------
+def _log_softmax(z):
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def _ce_ref(z, y):
+    z, y = _np(z), y.numpy()
+    return -np.mean([_log_softmax(z)[b, y[b]] for b in range(len(y))])
+
+
+def _kd_ref(zs, zt, T):
+    "T² · (1/B) Σ_b Σ_c p_T (log p_T − log p_S), p = softmax(z/T), with explicit loops."
+    ls, lt = _log_softmax(_np(zs) / T), _log_softmax(_np(zt) / T)
+    total = 0.0
+    for b in range(ls.shape[0]):
+        for c in range(ls.shape[1]):
+            total += np.exp(lt[b, c]) * (lt[b, c] - ls[b, c])
+    return T * T * total / ls.shape[0]
+
+
+def _block_pool(f, h, w):
+    "Adaptive average pooling to (h, w) for sizes that divide: the mean of each block."
+    n, c, H, W = f.shape
+    return f.reshape(n, c, h, H // h, w, W // w).mean((3, 5))
+
+
+def _at_q(f):
+    a = (f ** 2).mean(1).reshape(f.shape[0], -1)
+    return a / np.maximum(np.sqrt((a ** 2).sum(1, keepdims=True)), 1e-12)
+
+
+def _at_ref(fs_list, ft_list, variant):
+    total = 0.0
+    for fs, ft in zip(fs_list, ft_list):
+        fs, ft = _np(fs), _np(ft)
+        h, w = min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3])
+        fs, ft = _block_pool(fs, h, w), _block_pool(ft, h, w)
+        d = _at_q(fs) - _at_q(ft)
+        if variant == 'code': total += (d ** 2).mean()
+        else: total += np.mean([np.sqrt((d[b] ** 2).sum()) for b in range(d.shape[0])]) / (2 * h * w)
+    return total
+
+
+def _pkt_ref(fs, ft, eps=1e-7):
+    def probs(f):
+        f = f.reshape(f.shape[0], -1)
+        f = f / (np.sqrt((f ** 2).sum(1, keepdims=True)) + eps)
+        s = (f @ f.T + 1) / 2
+        return s / s.sum(1, keepdims=True)
+    ps, pt = probs(_np(fs)), probs(_np(ft))
+    return (pt * np.log((pt + eps) / (ps + eps))).mean()
+
+
+def _nce_ref(x, N, eps=1e-7):
+    "−[Σ_b log(P_pos/(P_pos + mP_n + ε)) + Σ_b Σ_k log(mP_n/(P_neg + mP_n + ε))]/B, m = K, P_n = 1/N."
+    x = np.asarray(x, dtype=np.float64)
+    m = x.shape[1] - 1
+    mPn = m / N
+    total = 0.0
+    for b in range(x.shape[0]):
+        total += np.log(x[b, 0] / (x[b, 0] + mPn + eps))
+        for k in range(1, m + 1): total += np.log(mPn / (x[b, k] + mPn + eps))
+    return -total / x.shape[0]
+
+
+def _minmax(x):
+    r = x.max() - x.min()
+    return (x - x.min()) / r if r > 1e-6 * np.abs(x).max() else np.zeros_like(x)
+
+
+def _dct_ref(fs_list, ft_list, zt, y):
+    "(1/B) Σ_b m_b Σ_l ‖D_S − D_T‖₂ with D = minmax(DCT-II(minmax(A) − mean)) and m_b = [argmax z_T = y]."
+    zt, y = _np(zt), y.numpy()
+    total = 0.0
+    for b in range(len(y)):
+        if zt[b].argmax() != y[b]: continue
+        for fs, ft in zip(fs_list, ft_list):
+            D = []
+            for f in (_np(fs)[b], _np(ft)[b]):
+                a = _minmax((f ** 2).mean(0))
+                D.append(_minmax(scipy.fft.dctn(a - a.mean(), type=2, norm='ortho')))
+            total += np.sqrt(((D[0] - D[1]) ** 2).sum())
+    return total / len(y)
+
+
+def _hcl_ref(fs_list, ft_list):
+    total = 0.0
+    for fs, ft in zip(fs_list, ft_list):
+        fs, ft = _np(fs), _np(ft)
+        num, den, w = ((fs - ft) ** 2).mean(), 1.0, 1.0
+        for l in (4, 2, 1):
+            if l >= fs.shape[2]: continue
+            w /= 2
+            num += w * ((_block_pool(fs, l, l) - _block_pool(ft, l, l)) ** 2).mean()
+            den += w
+        total += num / den
+    return total
+
+
+def _close(a, b, rtol, atol=0.0):
+    a = a.detach().item() if isinstance(a, torch.Tensor) else float(a)
+    return abs(a - b) <= atol + rtol * abs(b)
+
+
+# ---- KD ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('T', [1.0, 4.0, 10.0])
+def test_kd_loss_matches_hand_formula(T):
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(6, 7, generator=g, dtype=torch.float64) * 3, torch.randn(6, 7, generator=g, dtype=torch.float64) * 3
+    assert _close(kd_loss(zs, zt, T), _kd_ref(zs, zt, T), rtol=2e-5)
+
+
+def test_kd_loss_zero_for_equal_logits_positive_otherwise_and_finite_on_underflow():
+    z = torch.randn(5, 9)
+    assert kd_loss(z, z.clone()).item() == 0.0
+    assert kd_loss(z, torch.randn(5, 9)).item() > 0
+    zt = torch.zeros(3, 4); zt[:, 0] = 1e4                 # teacher probabilities underflow to 0: 0·log 0 = 0
+    out = kd_loss(torch.randn(3, 4), zt, 1.0)
+    assert torch.isfinite(out)
+
+
+def test_kd_loss_gradient_goes_to_the_student_only_and_is_analytic():
+    zs = torch.randn(4, 6, requires_grad=True)
+    zt = torch.randn(4, 6, requires_grad=True)
+    T = 4.0
+    kd_loss(zs, zt, T).backward()
+    assert zt.grad is None
+    # d/dz_S of T²/B Σ p_T (log p_T − log p_S) = (T/B) (p_S − p_T)
+    ref = T / 4 * (torch.softmax(zs.detach() / T, 1) - torch.softmax(zt.detach() / T, 1))
+    assert torch.allclose(zs.grad, ref, atol=1e-7, rtol=1e-5)
+
+
+def test_kd_distiller_is_01_ce_plus_08_kd4():
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    y = torch.tensor([0, 1, 2, 3])
+    d = build('kd', S_SHAPES, T_SHAPES, 32)
+    terms = d(so, to, y)
+    assert set(terms) == {'ce', 'kd'}
+    assert _close(terms['ce'], 0.1 * _ce_ref(so[0], y), rtol=1e-6)
+    assert _close(terms['kd'], 0.8 * _kd_ref(so[0], to[0], 4.0), rtol=2e-5)
+    assert (d.alpha, d.beta, d.delta, d.T) == (0.8, 0.1, 0.0, 4.0)
+
+
+def test_kd_and_pkt_keep_float64():
+    g = torch.Generator().manual_seed(2)
+    zs, zt = torch.randn(6, 7, generator=g, dtype=torch.float64), torch.randn(6, 7, generator=g, dtype=torch.float64)
+    kd = kd_loss(zs, zt, 4.0)
+    pkt = pkt_loss(zs, zt)
+    assert kd.dtype == torch.float64 and pkt.dtype == torch.float64
+    assert abs(kd.item() - _kd_ref(zs, zt, 4.0)) < 1e-12 and abs(pkt.item() - _pkt_ref(zs, zt)) < 1e-14
+
+
+# ---- AT ------------------------------------------------------------------------------------------------------------
+def _at_feats(dtype=torch.float64):
+    g = torch.Generator().manual_seed(3)
+    # stage 1: teacher larger (pooled 8→4); stage 2: student larger (pooled 4→2); stage 3: 1×1
+    fs = [torch.randn(3, c, h, h, generator=g, dtype=dtype) for c, h in ((4, 8), (6, 4), (8, 4), (8, 1))]
+    ft = [torch.randn(3, c, h, h, generator=g, dtype=dtype) for c, h in ((5, 8), (7, 8), (9, 2), (9, 1))]
+    return fs, ft
+
+
+def test_at_vector_is_normalised_channel_mean_of_squares():
+    f = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    assert np.abs(at_vector(f).numpy() - _at_q(f.numpy())).max() < 1e-14
+    assert torch.allclose(at_vector(f).norm(dim=1), torch.ones(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('variant', ['code', 'paper'])
+def test_at_loss_matches_hand_formula_with_pooling(variant):
+    fs, ft = _at_feats()
+    out = at_loss(fs, ft, variant)
+    assert out.dtype == torch.float64
+    ref = _at_ref(fs, ft, variant)
+    assert ref > 0 and abs(out.item() - ref) < 1e-10 * ref
+
+
+@pytest.mark.parametrize('variant', ['code', 'paper'])
+def test_at_loss_zero_for_identical_and_no_teacher_gradient(variant):
+    fs, ft = _at_feats()
+    assert at_loss(fs, [f.clone() for f in fs], variant).item() == 0.0
+    fs = [f.requires_grad_() for f in fs]
+    ft = [f.requires_grad_() for f in ft]
+    at_loss(fs, ft, variant).backward()
+    assert all(f.grad is None for f in ft) and all(f.grad is not None for f in fs)
+
+
+@pytest.mark.parametrize('variant', ['code', 'paper'])
+def test_at_distiller_alpha_1000_and_variant(variant):
+    fs, ft = _at_feats()
+    s_shapes = [tuple(f.shape[1:]) for f in fs] + [(8,)]
+    t_shapes = [tuple(f.shape[1:]) for f in ft] + [(9,)]
+    so = (torch.randn(3, NC, dtype=torch.float64), fs + [torch.randn(3, 8, dtype=torch.float64)])
+    to = (torch.randn(3, NC, dtype=torch.float64), ft + [torch.randn(3, 9, dtype=torch.float64)])
+    d = build('at', s_shapes, t_shapes, 32, variant=variant)
+    terms = d(so, to, torch.tensor([0, 1, 2]))
+    ref = 1000 * _at_ref(fs, ft, variant)
+    assert abs(terms['at'].item() - ref) < 1e-10 * ref
+
+
+# ---- PKT -----------------------------------------------------------------------------------------------------------
+def test_pkt_loss_matches_hand_formula():
+    g = torch.Generator().manual_seed(4)
+    fs, ft = torch.randn(6, 10, generator=g), torch.randn(6, 13, generator=g)
+    ref = _pkt_ref(fs, ft)
+    assert ref > 0 and _close(pkt_loss(fs, ft), ref, rtol=1e-4)
+
+
+def test_pkt_loss_zero_for_identical_no_teacher_gradient_finite_on_zero_vector():
+    f = torch.randn(5, 8)
+    assert pkt_loss(f, f.clone()).item() == 0.0
+    fs, ft = torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)
+    pkt_loss(fs, ft).backward()
+    assert ft.grad is None and fs.grad is not None
+    z, t = torch.randn(4, 8), torch.randn(4, 8)
+    z[1] = 0                                              # the original gave NaN, then replaced it by 0
+    out = pkt_loss(z, t)
+    assert torch.isfinite(out) and _close(out, _pkt_ref(z, t), rtol=1e-4)
+
+
+def test_pkt_distiller_alpha_30000_on_pooled_vectors():
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    terms = build('pkt', S_SHAPES, T_SHAPES, 32)(so, to, torch.tensor([0, 1, 2, 3]))
+    assert _close(terms['pkt'], 30000 * _pkt_ref(so[1][-1], to[1][-1]), rtol=1e-4)
+
+
+# ---- DCT distiller wiring (the loss itself is tested in test_losses.py) --------------------------------------------
+def test_dct_distiller_matches_hand_reference_with_prediction_guide():
+    so, to = _make(S_SHAPES, 0, dtype=torch.float64), _make(S_SHAPES, 1, dtype=torch.float64)
+    am = to[0].argmax(1)
+    y = torch.where(torch.arange(B) % 2 == 0, am, (am + 1) % NC)     # the teacher is right on samples 0 and 2 only
+    ref = _dct_ref(so[1][:4], to[1][:4], to[0], y)
+    assert ref > 0
+    assert abs(build('dct', S_SHAPES, S_SHAPES, 32)(so, to, y)['dct'].item() - ref) < 1e-10 * ref
+    assert abs(build('dct', S_SHAPES, S_SHAPES, 32, alpha=2.5)(so, to, y)['dct'].item() - 2.5 * ref) < 1e-10 * ref
+    all_in = _dct_ref(so[1][:4], to[1][:4], to[0], am)
+    assert abs(build('dct', S_SHAPES, S_SHAPES, 32, pred_guide=False)(so, to, y)['dct'].item() - all_in) < 1e-10 * all_in
+
+
+# ---- VID -----------------------------------------------------------------------------------------------------------
+VID_T = [(5, 8, 8), (7, 8, 8), (9, 2, 2), (9, 1, 1), (9,)]      # stage 1: the teacher's map is larger (pooled 8→4)
+
+
+def _vid_ref(d, fs_list, ft_list, stages):
+    total = 0.0
+    for r, i in zip(d.regressors, stages):
+        fs, ft = _np(fs_list[i]), _np(ft_list[i])
+        h, w = min(fs.shape[2], ft.shape[2]), min(fs.shape[3], ft.shape[3])
+        fs, ft = _block_pool(fs, h, w), _block_pool(ft, h, w)
+        W = [_np(m.weight)[:, :, 0, 0] for m in r.mean if isinstance(m, torch.nn.Conv2d)]
+        assert len(W) == 3 and all(m.bias is None for m in r.mean if isinstance(m, torch.nn.Conv2d))
+        h1 = np.maximum(np.einsum('oc,bchw->bohw', W[0], fs), 0)
+        h2 = np.maximum(np.einsum('oc,bchw->bohw', W[1], h1), 0)
+        mu = np.einsum('oc,bchw->bohw', W[2], h2)
+        var = (np.log1p(np.exp(_np(r.log_scale))) + 1e-5)[None, :, None, None]
+        total += (0.5 * ((mu - ft) ** 2 / var + np.log(var))).mean()
+    return total
+
+
+@pytest.mark.parametrize('stages', [(1, 2, 3), (0, 1, 2, 3)])
+def test_vid_matches_hand_formula(stages):
+    torch.manual_seed(0)
+    kw = {} if stages == (1, 2, 3) else dict(stages=stages)
+    d = build('vid', S_SHAPES, VID_T, 32, **kw).double()
+    assert len(d.regressors) == len(stages)
+    with torch.no_grad():
+        for r in d.regressors: r.log_scale.add_(torch.randn_like(r.log_scale))   # per-channel variances differ
+    so, to = _make(S_SHAPES, 0, dtype=torch.float64), _make(VID_T, 1, dtype=torch.float64)
+    out = d(so, to, torch.tensor([0, 1, 2, 3]))['vid']
+    ref = _vid_ref(d, so[1], to[1], stages)
+    assert abs(out.item() - ref) < 1e-10 * abs(ref)
+
+
+def test_vid_initial_variance_is_5():
+    d = build('vid', S_SHAPES, T_SHAPES, 32)
+    for r, c in zip(d.regressors, (7, 9, 9)):
+        assert r.log_scale.shape == (c,)
+        assert torch.allclose(F.softplus(r.log_scale.double()) + 1e-5, torch.full((c,), 5.0, dtype=torch.float64), atol=1e-6)
+
+
+def _vid_params(s_chs, t_chs): return sum(s * t + 2 * t * t + t for s, t in zip(s_chs, t_chs))
+
+
+def test_vid_parameter_counts_on_the_paper_pairs():
+    with torch.device('meta'):
+        t = build_model('resnet50', 67)
+        counts = {a: sum(p.numel() for p in build('vid', build_model(a, 67), t, 224).parameters())
+                  for a in ('resnet18', 'mobilenet_v2')}
+    assert counts['resnet18'] == _vid_params((128, 256, 512), (512, 1024, 2048))
+    assert counts['mobilenet_v2'] == _vid_params((32, 96, 1280), (512, 1024, 2048))
+    assert abs(counts['resnet18'] / 1e6 - 12.4) < 0.05 and abs(counts['mobilenet_v2'] / 1e6 - 13.8) < 0.06   # 13.75 M
+
+
+# ---- CRD -----------------------------------------------------------------------------------------------------------
+def test_nce_loss_matches_hand_formula():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(5, 9, generator=g, dtype=torch.float64) * 2
+    for N in (10, 1000):
+        assert abs(nce_loss(x, N).item() - _nce_ref(x.numpy(), N)) < 1e-10 * abs(_nce_ref(x.numpy(), N))
+
+
+def _crd_hand(d, so, to, index, neg, mem_s, mem_t, Z=None):
+    "v = normalize(W f + b); scores against the other network's memory; Z from the first call; 0.8·(NCE_S + NCE_T)."
+    def embed(lin, f):
+        v = _np(f) @ _np(lin.weight).T + _np(lin.bias)
+        return v / np.sqrt((v ** 2).sum(1, keepdims=True))
+    v_s, v_t = embed(d.embed_s, so[1][-1]), embed(d.embed_t, to[1][-1])
+    idx = np.concatenate([index.numpy()[:, None], neg.numpy()], 1)
+    out_s = np.exp(np.einsum('bkd,bd->bk', _np(mem_t)[idx], v_s) / 0.07)
+    out_t = np.exp(np.einsum('bkd,bd->bk', _np(mem_s)[idx], v_t) / 0.07)
+    N = d.num_train
+    Z = (out_s.mean() * N, out_t.mean() * N) if Z is None else Z
+    loss = 0.8 * (_nce_ref(out_s / Z[0], N) + _nce_ref(out_t / Z[1], N))
+    return v_s, v_t, Z, loss
+
+
+def _normalize_rows(v): return v / np.sqrt((v ** 2).sum(1, keepdims=True))
+
+
+def test_crd_loss_memory_update_and_Z():
+    N, K = 20, 6
+    torch.manual_seed(0)
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=N, nce_k=K, feat_dim=16).train()
+    index = torch.tensor([2, 5, 11, 17])
+    neg = torch.tensor([[(i + 1 + 3 * k) % N for k in range(K)] for i in index.tolist()])
+    assert not (neg == index[:, None]).any()
+    d.memory.negatives = lambda idx, targets: neg                 # fixed negatives (their sampling is tested below)
+    assert d.memory.memory_s.shape == d.memory.memory_t.shape == (N, 16)
+    assert d.memory.Z.tolist() == [-1.0, -1.0]
+    y = torch.tensor([0, 1, 2, 3])
+    rest = torch.ones(N, dtype=torch.bool); rest[index] = False
+
+    mem_s, mem_t = d.memory.memory_s.clone(), d.memory.memory_t.clone()
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    out = d(so, to, y, index)['crd']
+    v_s, v_t, Z, ref = _crd_hand(d, so, to, index, neg, mem_s, mem_t)
+    assert np.allclose(d.memory.Z.double().numpy(), Z, rtol=1e-5, atol=0)
+    assert _close(out, ref, rtol=1e-4)
+    for new, old, v in ((d.memory.memory_s, mem_s, v_s), (d.memory.memory_t, mem_t, v_t)):
+        assert np.allclose(_np(new[index]), _normalize_rows(0.5 * _np(old[index]) + 0.5 * v), atol=1e-6, rtol=0)
+        assert torch.equal(new[rest], old[rest])
+
+    # a second training call: Z stays, the memory moves again from its new state
+    Z1 = d.memory.Z.clone()
+    mem_s, mem_t = d.memory.memory_s.clone(), d.memory.memory_t.clone()
+    so, to = _make(S_SHAPES, 2), _make(T_SHAPES, 3)
+    out = d(so, to, y, index)['crd']
+    v_s, v_t, _, ref = _crd_hand(d, so, to, index, neg, mem_s, mem_t, Z=tuple(Z1.double().tolist()))
+    assert torch.equal(d.memory.Z, Z1)
+    assert _close(out, ref, rtol=1e-4)
+    for new, old, v in ((d.memory.memory_s, mem_s, v_s), (d.memory.memory_t, mem_t, v_t)):
+        assert np.allclose(_np(new[index]), _normalize_rows(0.5 * _np(old[index]) + 0.5 * v), atol=1e-6, rtol=0)
+        assert torch.equal(new[rest], old[rest])
+
+    # eval mode: nothing changes
+    d.eval()
+    mem_s, mem_t = d.memory.memory_s.clone(), d.memory.memory_t.clone()
+    out = d(_make(S_SHAPES, 4), _make(T_SHAPES, 5), y, index)['crd']
+    assert torch.isfinite(out)
+    assert torch.equal(d.memory.memory_s, mem_s) and torch.equal(d.memory.memory_t, mem_t) and torch.equal(d.memory.Z, Z1)
+
+
+def test_crd_eval_before_training_sets_nothing():
+    torch.manual_seed(0)
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=20, nce_k=6).eval()
+    mem_s, mem_t = d.memory.memory_s.clone(), d.memory.memory_t.clone()
+    out = d(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]), INDEX)['crd']
+    assert torch.isfinite(out) and out > 0
+    assert d.memory.Z.tolist() == [-1.0, -1.0]
+    assert torch.equal(d.memory.memory_s, mem_s) and torch.equal(d.memory.memory_t, mem_t)
+
+
+def _crd_labels(N=60, C=5):
+    labels = torch.randint(0, C, (N,), generator=torch.Generator().manual_seed(6))
+    assert len(set(labels.tolist())) == C
+    return labels
+
+
+def test_crd_negatives_with_labels_come_from_every_other_class_sample():
+    N, C, K = 60, 5, 2000
+    labels = _crd_labels(N, C)
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=N, nce_k=K, labels=labels)
+    torch.manual_seed(0)
+    index = torch.arange(N)
+    neg = d.memory.negatives(index, labels)
+    assert neg.shape == (N, K) and neg.min() >= 0 and neg.max() < N
+    assert (labels[neg] != labels[:, None]).all()                        # never the anchor's class
+    for i in range(N):                                                    # every other-class sample is reachable
+        assert set(neg[i].tolist()) == set(torch.nonzero(labels != labels[i]).flatten().tolist())
+    assert (neg >= C).any() and neg.max() == N - 1                        # not just the first N_classes samples (Q10)
+    # and uniform over them: one anchor, many draws
+    big = build('crd', S_SHAPES, T_SHAPES, 32, num_train=N, nce_k=40000, labels=labels)
+    counts = torch.bincount(big.memory.negatives(index[:1], labels[:1])[0], minlength=N)
+    other = labels != labels[0]
+    expected = 40000 / other.sum().item()
+    assert (counts[~other] == 0).all() and (counts[other] - expected).abs().max() < 0.25 * expected
+
+
+def test_crd_negatives_without_labels_are_any_other_sample():
+    N, K = 30, 3000
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=N, nce_k=K)
+    torch.manual_seed(0)
+    index = torch.arange(N)
+    neg = d.memory.negatives(index, torch.zeros(N, dtype=torch.long))
+    assert neg.shape == (N, K) and neg.min() >= 0 and neg.max() < N
+    assert not (neg == index[:, None]).any()
+    for i in range(N): assert set(neg[i].tolist()) == set(range(N)) - {i}
+
+
+def test_crd_labels_must_cover_the_training_set():
+    with pytest.raises(ValueError, match='num_train'):
+        build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, labels=torch.arange(10))
+    with pytest.raises(ValueError, match='num_train'):
+        build('crd', S_SHAPES, T_SHAPES, 32)
+    with pytest.raises(ValueError, match='single class'):
+        build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, labels=torch.full((16,), 2))
+
+
+def test_crd_state_dict_roundtrip():
+    labels = torch.arange(16) % NC
+    torch.manual_seed(0)
+    d1 = build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, nce_k=8, labels=labels).train()
+    y = torch.tensor([0, 1, 2, 3])
+    for s in range(2): d1(_make(S_SHAPES, s), _make(T_SHAPES, 10 + s), y, INDEX)
+    assert (d1.memory.Z > 0).all()
+    sd = d1.state_dict()
+    assert {'memory.memory_s', 'memory.memory_t', 'memory.Z'} <= set(sd)
+    torch.manual_seed(123)
+    d2 = build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, nce_k=8, labels=labels).train()
+    assert not torch.equal(d2.memory.memory_s, d1.memory.memory_s)
+    d2.load_state_dict(sd)
+    for k in ('memory_s', 'memory_t', 'Z'): assert torch.equal(getattr(d2.memory, k), getattr(d1.memory, k))
+    so, to = _make(S_SHAPES, 7), _make(T_SHAPES, 8)
+    torch.manual_seed(9); l1 = d1(so, to, y, INDEX)['crd']
+    torch.manual_seed(9); l2 = d2(so, to, y, INDEX)['crd']
+    assert torch.equal(l1, l2)
+    for k in ('memory_s', 'memory_t', 'Z'): assert torch.equal(getattr(d2.memory, k), getattr(d1.memory, k))
+
+
+def test_crd_without_index_is_zero_and_out_of_range_index_raises():
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, nce_k=8)
+    so, to = _make(S_SHAPES, 0, grad=True), _make(T_SHAPES, 1)
+    y = torch.tensor([0, 1, 2, 3])
+    terms = d(so, to, y)
+    assert terms['crd'].item() == 0.0 and terms['crd'].shape == ()
+    sum(terms.values()).backward()                                        # the zero term does not break backward
+    for bad in (torch.tensor([0, 1, 2, 16]), torch.tensor([0, 1, 2, 99])):
+        with pytest.raises(IndexError, match='num_train'): d(so, to, y, bad)
+    with pytest.raises(IndexError, match='num_train'): d(so, to, y, torch.tensor([-1, 1, 2, 3]))
+
+
+def test_crd_negative_index_message_names_the_offending_index():
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, nce_k=8)
+    with pytest.raises(IndexError, match='-1'):
+        d(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]), torch.tensor([-1, 1, 2, 3]))
+
+
+# ---- SemCKD --------------------------------------------------------------------------------------------------------
+def _semckd_ref(d, s_feats, t_feats):
+    "SemCKD step by step with the module's own weights: Gram rows (chunked, zero-padded), MLPs, softmax, regressors."
+    fs, ft = [s_feats[i] for i in (1, 2, 3)], [t_feats[j].detach() for j in (1, 2, 3)]
+    n, bs = fs[0].shape[0], d.batch_size
+
+    def mlp(m, g):
+        l1, l2 = m.net[0], m.net[2]
+        h = torch.clamp(g @ l1.weight.T + l1.bias, min=0) @ l2.weight.T + l2.bias
+        return h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def gram(f):
+        v = f.reshape(f.shape[0], -1)
+        g = torch.zeros(f.shape[0], bs)
+        for a in range(f.shape[0]):
+            for b in range(f.shape[0]): g[a, b] = (v[a] * v[b]).sum()
+        return g
+
+    w = torch.zeros(n, 3, 3)
+    for c in range(0, n, bs):                                  # chunks of the training batch size
+        q = [mlp(d.query[i], gram(f[c:c + bs])) for i, f in enumerate(fs)]
+        k = [mlp(d.key[j], gram(f[c:c + bs])) for j, f in enumerate(ft)]
+        for b in range(q[0].shape[0]):
+            for i in range(3):
+                e = torch.stack([(q[i][b] * k[j][b]).sum() for j in range(3)])
+                e = torch.exp(e - e.max())
+                w[c + b, i] = e / e.sum()
+    total = 0.0
+    for i in range(3):
+        for j in range(3):
+            s_in, t_in = fs[i], ft[j]
+            hs, ht = s_in.shape[-1], t_in.shape[-1]
+            if hs > ht: s_in = s_in.reshape(n, s_in.shape[1], ht, hs // ht, ht, hs // ht).mean((3, 5))
+            elif ht > hs: t_in = t_in.reshape(n, t_in.shape[1], hs, ht // hs, hs, ht // hs).mean((3, 5))
+            mse = ((d.regressors[3 * i + j](s_in) - t_in) ** 2).mean((1, 2, 3))
+            total = total + (w[:, i, j] * mse).sum()
+    return w, total / (n * 3)
+
+
+def test_semckd_matches_hand_reference():
+    torch.manual_seed(0)
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, **HP['semckd']).train()
+    assert len(d.query) == len(d.key) == 3 and len(d.regressors) == 9
+    assert [(m.net[0].in_features, m.net[0].out_features, m.net[2].out_features) for m in d.query] == [(4, 4, 2)] * 3
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    w_ref, ref = _semckd_ref(d, so[1], to[1])
+    assert torch.allclose(d.weights([so[1][i] for i in (1, 2, 3)], [to[1][j] for j in (1, 2, 3)]), w_ref, atol=1e-6)
+    assert _close(d(so, to, torch.tensor([0, 1, 2, 3]))['semckd'], 400 * ref.item(), rtol=1e-5)
+
+
+@pytest.mark.parametrize('n', [2, 8, 10])
+def test_semckd_any_batch_size(n):
+    "Smaller, double and 2.5× the training batch size: chunked Gram rows, zero-padded, as the reference does."
+    torch.manual_seed(0)
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, **HP['semckd']).train()
+    so, to = _make(S_SHAPES, 0, batch=n), _make(T_SHAPES, 1, batch=n)
+    out = d(so, to, torch.zeros(n, dtype=torch.long))['semckd']
+    assert torch.isfinite(out)
+    w_ref, ref = _semckd_ref(d, so[1], to[1])
+    assert torch.allclose(d.weights([so[1][i] for i in (1, 2, 3)], [to[1][j] for j in (1, 2, 3)]), w_ref, atol=1e-6)
+    assert _close(out, 400 * ref.item(), rtol=1e-5)
+    if n == 8:   # two full chunks: each is weighted as if it were its own batch
+        w = d.weights([so[1][i] for i in (1, 2, 3)], [to[1][j] for j in (1, 2, 3)])
+        w0 = d.weights([so[1][i][:4] for i in (1, 2, 3)], [to[1][j][:4] for j in (1, 2, 3)])
+        w1 = d.weights([so[1][i][4:] for i in (1, 2, 3)], [to[1][j][4:] for j in (1, 2, 3)])
+        assert torch.equal(w, torch.cat([w0, w1]))
+
+
+def test_semckd_batchnorm_follows_train_and_eval():
+    torch.manual_seed(0)
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=B)
+    bns = [m for m in d.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(bns) == 18
+    so, to, y = _make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.zeros(B, dtype=torch.long)
+    d.eval()
+    assert not any(m.training for m in bns)
+    before = [m.running_mean.clone() for m in bns]
+    d(so, to, y)
+    assert all(torch.equal(m.running_mean, r) for m, r in zip(bns, before))
+    d.train()
+    assert all(m.training for m in bns)
+    d(so, to, y)
+    assert all(not torch.equal(m.running_mean, r) for m, r in zip(bns, before))
+    d.eval()
+    assert not any(m.training for m in bns)
+
+
+def _semckd_params(s_chs, t_chs, bs=128, factor=4):
+    dim = bs // factor
+    mlp = bs * 2 * dim + 2 * dim + 2 * dim * dim + dim
+    reg = sum(s * 2 * t + 4 * t + 9 * (2 * t) ** 2 + 4 * t + 2 * t * t for s in s_chs for t in t_chs)
+    return 6 * mlp + reg
+
+
+def test_semckd_parameter_count_r50_to_r18():
+    with torch.device('meta'):
+        d = build('semckd', build_model('resnet18', 67), build_model('resnet50', 67), 224, batch_size=128)
+    n = sum(p.numel() for p in d.parameters())
+    assert 620e6 < n < 650e6
+    assert n == _semckd_params((128, 256, 512), (512, 1024, 2048))
+
+
+@pytest.mark.parametrize('name', ['crd', 'semckd'])
+def test_distillers_run_in_float64(name):
+    d = build(name, S_SHAPES, T_SHAPES, 32, **HP[name]).double()
+    terms = d(_make(S_SHAPES, 0, dtype=torch.float64), _make(T_SHAPES, 1, dtype=torch.float64),
+              torch.tensor([0, 1, 2, 3]), INDEX)
+    assert terms[name].dtype == torch.float64
+
+
+# ---- ReviewKD ------------------------------------------------------------------------------------------------------
+def test_hcl_loss_matches_hand_formula():
+    g = torch.Generator().manual_seed(7)
+    shapes = [(3, 4, 8, 8), (3, 5, 4, 4), (3, 6, 2, 2), (3, 7, 1, 1)]
+    fs = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    ft = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    ref = _hcl_ref(fs, ft)
+    assert abs(hcl_loss(fs, ft).item() - ref) < 1e-10 * ref
+    for f, t in zip(fs, ft):   # one level at a time, too
+        assert abs(hcl_loss([f], [t]).item() - _hcl_ref([f], [t])) < 1e-10 * _hcl_ref([f], [t])
+    assert hcl_loss(fs, [f.clone() for f in fs]).item() == 0.0
+
+
+def test_reviewkd_runs_differentiable_and_maps_to_teacher_shapes():
+    t_shapes = [(5, 16, 16), (7, 4, 4), (9, 2, 2), (9, 1, 1), (9,)]     # stage 0: the teacher is larger
+    torch.manual_seed(0)
+    d = build('reviewkd', S_SHAPES, t_shapes, 32, mid_channel=16)
+    assert len(d.abfs) == 5 and d.abfs[-1].att is None and all(a.att is not None for a in d.abfs[:-1])
+    so, to = _make(S_SHAPES, 0, grad=True), _make(t_shapes, 1, grad=True)
+    terms = d(so, to, torch.tensor([0, 1, 2, 3]))
+    assert torch.isfinite(terms['reviewkd']) and terms['reviewkd'] > 0
+    terms['reviewkd'].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.parameters())
+    assert all(f.grad is not None for f in so[1]) and all(f.grad is None for f in to[1])
+
+
+# ---- every registered method: weights, gradients, determinism, minimum ---------------------------------------------
+def _run(name, so, to, y, seed=0, s_shapes=S_SHAPES, t_shapes=T_SHAPES, **kw):
+    base = name.split('+')[0]
+    torch.manual_seed(seed)
+    d = build(name, s_shapes, t_shapes, 32, **{**HP.get(base, {}), **kw})
+    torch.manual_seed(seed + 1)
+    return d, d(so, to, y, INDEX)
+
+
+def test_names_are_the_expected_methods():
+    assert set(names()) == EXPECTED_NAMES and len(names()) == len(EXPECTED_NAMES)
+
+
+@pytest.mark.parametrize('name', names())
+def test_terms_and_weights(name):
+    base, plus = name.split('+')[0], name.endswith('+kd')
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    y = to[0].argmax(1)                                       # the teacher is right: the prediction guide keeps all
+    d, terms = _run(name, so, to, y)
+    assert set(terms) == {'ce'} | ({base} if base != 'none' else set()) | ({'kd'} if plus else set())
+    assert all(torch.isfinite(v) and v.shape == () for v in terms.values())
+    beta = 0.1 if plus or base == 'kd' else 1.0
+    assert _close(terms['ce'], beta * _ce_ref(so[0], y), rtol=1e-6)
+    if plus:
+        assert (d.beta, d.delta, d.T) == (0.1, 1.0, 4.0)
+        assert _close(terms['kd'], _kd_ref(so[0], to[0], 4.0), rtol=2e-5)          # δ = 1, T = 4
+    if base == 'none': return
+    assert d.alpha == ALPHA[base]
+    _, unit = _run(name, so, to, y, alpha=1.0)
+    assert unit[base] != 0 and _close(terms[base], ALPHA[base] * unit[base].item(), rtol=1e-6)
+    if plus:                                                  # '+kd' keeps the method's own term unchanged
+        _, alone = _run(base, so, to, y)
+        assert torch.allclose(terms[base], alone[base], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize('name', names())
+def test_gradients_reach_student_and_distiller_never_teacher(name):
+    base = name.split('+')[0]
+    so, to = _make(S_SHAPES, 0, grad=True), _make(T_SHAPES, 1, grad=True)
+    y = to[0].detach().argmax(1)
+    d, terms = _run(name, so, to, y)
+    student = [so[0], *so[1]]
+    if base != 'none':
+        grads = torch.autograd.grad(terms[base], student, allow_unused=True, retain_graph=True)
+        for k, g in enumerate(grads):
+            assert (g is not None) == (k in USES[base]), (name, k)
+        assert any(g.abs().sum() > 0 for g in grads if g is not None)
+    sum(terms.values()).backward()
+    assert to[0].grad is None and all(f.grad is None for f in to[1])
+    assert so[0].grad is not None
+    for n, p in d.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, n
+    for n, b in d.named_buffers(): assert not b.requires_grad, n
+
+
+@pytest.mark.parametrize('name', names())
+def test_same_seed_same_terms(name):
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    y = to[0].argmax(1)
+    d1, t1 = _run(name, so, to, y, seed=5)
+    d2, t2 = _run(name, so, to, y, seed=5)
+    assert t1.keys() == t2.keys() and all(torch.equal(t1[k], t2[k]) for k in t1)
+    sd1, sd2 = d1.state_dict(), d2.state_dict()
+    assert all(torch.equal(sd1[k], sd2[k]) for k in sd1)
+
+
+@pytest.mark.parametrize('name', ['kd', 'dct', 'dct+kd', 'at', 'at+kd', 'pkt', 'pkt+kd'])
+def test_zero_at_student_equal_teacher(name):
+    base = name.split('+')[0]
+    so = _make(S_SHAPES, 0)
+    y = so[0].argmax(1)
+    same = (so[0].clone(), [f.clone() for f in so[1]])
+    _, terms = _run(name, so, same, y, t_shapes=S_SHAPES)
+    assert terms[base].item() == 0.0
+    if 'kd' in terms: assert terms['kd'].item() == 0.0
+    other = _make(S_SHAPES, 1)
+    _, terms = _run(name, so, (other[0], other[1]), other[0].argmax(1), t_shapes=S_SHAPES)
+    assert terms[base].item() > 0
+
+
+def test_vid_minimum_is_not_zero():
+    "VID's minimum is ½ log σ² per element (not 0): with μ = t exactly (zero regressor, zero teacher) the loss is ½ log 5."
+    d = build('vid', S_SHAPES, T_SHAPES, 32)
+    with torch.no_grad():
+        for p in d.parameters():
+            if p.ndim == 4: p.zero_()
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    to = (to[0], [torch.zeros_like(f) for f in to[1]])
+    assert _close(d(so, to, torch.zeros(B, dtype=torch.long))['vid'], 3 * 0.5 * np.log(5.0), rtol=1e-6)
+
+
+# ---- registry ------------------------------------------------------------------------------------------------------
+def test_unknown_name_lists_the_methods():
+    with pytest.raises(ValueError, match='unknown distiller') as e:
+        build('dtc', S_SHAPES, T_SHAPES, 32)
+    assert all(repr(n) in str(e.value) for n in names())
+
+
+@pytest.mark.parametrize('name', ['kd+kd', 'none+kd'])
+def test_kd_and_none_have_no_plus_kd(name):
+    assert name not in names()
+    with pytest.raises(ValueError, match='unknown distiller'):
+        build(name, S_SHAPES, T_SHAPES, 32)
+
+
+@pytest.mark.parametrize('name,hp', [('vid', 'stagez'), ('vid', 'variant'), ('at', 'nce_k'), ('dct+kd', 'batch_size'),
+                                     ('crd', 'factor')])
+def test_unknown_hyper_parameter_is_a_type_error_naming_it(name, hp):
+    kw = dict(num_train=16) if name == 'crd' else {}
+    with pytest.raises(TypeError, match=hp):
+        build(name, S_SHAPES, T_SHAPES, 32, **{hp: 1}, **kw)
+
+
+def test_documented_hyper_parameters_are_accepted():
+    build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, feat_dim=32, nce_k=4, nce_t=0.1, nce_m=0.9, labels=torch.arange(16) % 3)
+    build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=8, factor=2)
+    assert len(build('vid', S_SHAPES, T_SHAPES, 32, stages=(0, 1, 2, 3)).regressors) == 4
+    assert build('at', S_SHAPES, T_SHAPES, 32, variant='paper').variant == 'paper'
+    with pytest.raises(ValueError, match='variant'): build('at', S_SHAPES, T_SHAPES, 32, variant='papers')
+    d = build('dct+kd', S_SHAPES, S_SHAPES, 32, transform='fft-real', pred_guide=False, pool=True, T=2.0, delta=0.5)
+    assert (d.transform, d.pred_guide, d.pool, d.T, d.delta, d.beta) == ('fft-real', False, True, 2.0, 0.5, 0.1)
+    so, to = _make(S_SHAPES, 0), _make(S_SHAPES, 1)
+    assert _close(d(so, to, torch.zeros(B, dtype=torch.long))['kd'], 0.5 * _kd_ref(so[0], to[0], 2.0), rtol=2e-5)
+
+
+def test_dct_with_mismatched_sizes_raises_unless_pool():
+    with pytest.raises(ValueError, match='pool=True'):
+        build('dct', S_SHAPES, VID_T, 32)
+    d = build('dct', S_SHAPES, VID_T, 32, pool=True)
+    so, to = _make(S_SHAPES, 0), _make(VID_T, 1)
+    assert torch.isfinite(d(so, to, to[0].argmax(1))['dct'])
+
+
+def test_teacher_requirements():
+    with pytest.raises(ValueError, match='teacher'): build('dct', S_SHAPES, None, 32)
+    d = build('none', S_SHAPES)
+    so = _make(S_SHAPES, 0)
+    y = torch.tensor([0, 1, 2, 3])
+    terms = d(so, None, y)
+    assert set(terms) == {'ce'} and _close(terms['ce'], _ce_ref(so[0], y), rtol=1e-6)
+    assert set(d(so, _make(T_SHAPES, 1), y)) == {'ce'}
+    with pytest.raises(ValueError, match='teacher'):
+        build('at', S_SHAPES, T_SHAPES, 32)(so, None, y)
+    with pytest.raises(TypeError, match='TappedModel'): build('at', torch.nn.Linear(2, 2), T_SHAPES, 32)
+
+
+def test_kd_with_delta_adds_to_its_own_term():
+    "'kd' with an explicit δ: both KD terms share the key 'kd' and must add up, not overwrite each other."
+    so, to = _make(S_SHAPES, 0), _make(T_SHAPES, 1)
+    y = torch.tensor([0, 1, 2, 3])
+    terms = build('kd', S_SHAPES, T_SHAPES, 32, delta=1.0)(so, to, y)
+    assert set(terms) == {'ce', 'kd'}
+    assert _close(terms['kd'], (0.8 + 1.0) * _kd_ref(so[0], to[0], 4.0), rtol=2e-5)
+
+
+# ---- the paper's pairs: a ResNet-50 teacher, ResNet-18 and MobileNetV2 students, 32 px, CPU ------------------------
+ARCHS = ['resnet18', 'mobilenet_v2']
+PAIR_HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC)}
+
+
+@pytest.fixture(scope='module')
+def paper_pair():
+    torch.manual_seed(0)
+    teacher = FrozenTeacher(build_model('resnet50', NC))
+    x = torch.randn(B, 3, 32, 32)
+    t_out = teacher(x)
+    students = {a: build_model(a, NC) for a in ARCHS}
+    return teacher, x, t_out, t_out[0].argmax(1), students
+
+
+def _check_pair_run(d, name, student, teacher, x, t_out, y):
+    "Forward, then the method's term backward alone (so its gradient is seen on its own), then the other terms."
+    base = name.split('+')[0]
+    student.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+    terms = d(student(x), t_out, y, INDEX)
+    assert set(terms) == {'ce'} | ({base} if base != 'none' else set()) | ({'kd'} if name.endswith('+kd') else set())
+    assert all(torch.isfinite(v) for v in terms.values()), terms
+    if base != 'none':
+        terms[base].backward(retain_graph=True)
+        first = next(student.parameters())                    # conv1 / features.0: every tapped feature depends on it
+        assert first.grad is not None and first.grad.abs().sum() > 0, name
+        for n, p in d.named_parameters(): assert p.grad is not None and torch.isfinite(p.grad).all(), (name, n)
+    sum(v for k, v in terms.items() if k != base).backward()
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not t_out[0].requires_grad and not any(f.requires_grad for f in t_out[1])
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student.parameters())
+    student.zero_grad(set_to_none=True)
+    d.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize('name', [n for n in sorted(EXPECTED_NAMES) if not n.startswith('semckd')])
+@pytest.mark.parametrize('arch', ARCHS)
+def test_every_method_on_the_paper_pairs(paper_pair, arch, name):
+    teacher, x, t_out, y, students = paper_pair
+    student = students[arch]
+    student.train()
+    d = build(name, student, teacher, 32, **PAIR_HP.get(name.split('+')[0], {}))
+    assert student.training and not teacher.training and not teacher.model.training
+    _check_pair_run(d, name, student, teacher, x, t_out, y)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_semckd_on_the_paper_pairs(paper_pair, arch):
+    "≈634 M parameters: built once per student; 'semckd+kd' is built on meta and shares its parameters."
+    teacher, x, t_out, y, students = paper_pair
+    student = students[arch].train()
+    assert not torch.backends.mkldnn.enabled                   # see _aten_convolutions
+    d = build('semckd', student, teacher, 32, batch_size=B)
+    with torch.device('meta'): dk = build('semckd+kd', student, teacher, 32, batch_size=B)
+    dk.load_state_dict(d.state_dict(keep_vars=True), assign=True)
+    assert (d.alpha, d.beta, d.delta, dk.alpha, dk.beta, dk.delta) == (400.0, 1.0, 0.0, 400.0, 0.1, 1.0)
+    assert all(p is q for p, q in zip(d.parameters(), dk.parameters()))
+    _check_pair_run(d, 'semckd', student, teacher, x, t_out, y)
+    _check_pair_run(dk, 'semckd+kd', student, teacher, x, t_out, y)
+    del d, dk
+    gc.collect()
