@@ -45,6 +45,8 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/dct.py
+	@$(BIN)/python benchmarks/train.py
+	@$(BIN)/python benchmarks/data.py
 
 clean:
 	rm -rf _proc _docs .pytest_cache

@@ -1,0 +1,90 @@
+"""Benchmark: images/s of the PIL pipeline vs the memory-mapped cache, training transforms, side by side in one run.
+
+Generates ~2000 toy scenes of ADE20K's typical size (683×512 JPEGs) in the ADE20K layout, then times epochs of the
+two loaders, alternated (same workers, batch, crop and seed; both yield normalised float32 batches), and reports the
+median wall-clock rate of each and their ratio. Wall-clock rates on a shared machine move with its load, so the CPU
+time the loader used (its process and its workers) is reported as well: images per CPU-second hardly depend on load.
+The cache's one-time build is timed separately. Usage: `python benchmarks/data.py [--n 2000] [--workers 2] [--crop 224]`.
+"""
+import argparse
+import math
+import os
+import resource
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from dctkd.data import CachedDataset, default_workers, get_dataset, make_loader, make_toy_scenes
+
+
+def cpu_seconds():
+    "User + system CPU time of this process and its reaped children (the loader workers, once an epoch ends)."
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+
+
+def epoch(ds, a, seed):
+    "One pass over a fresh loader of `ds`: (images, wall seconds, CPU seconds). Workers start and stop inside."
+    c0 = cpu_seconds()
+    dl = make_loader(ds, a.batch, num_workers=a.workers, seed=seed, device='cpu', persistent_workers=False)
+    n, t = 0, time.perf_counter()
+    for x, y, i in dl:
+        assert x.dtype == torch.float32 and x.shape[-1] == a.crop
+        n += len(x)
+    wall = time.perf_counter() - t
+    del dl
+    return n, wall, cpu_seconds() - c0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--n', type=int, default=2000, help='number of images')
+    ap.add_argument('--size', default='683x512', help='image size, WIDTHxHEIGHT')
+    ap.add_argument('--crop', type=int, default=224, help='training crop (the short side is resized to 256/224 of it)')
+    ap.add_argument('--batch', type=int, default=64)
+    ap.add_argument('--workers', type=int, default=2)
+    ap.add_argument('--rounds', type=int, default=3, help='epochs of each pipeline, alternated; medians are reported')
+    ap.add_argument('--root', default=None, help='keep the generated data here (default: a temporary folder, deleted)')
+    a = ap.parse_args()
+    w, h = (int(v) for v in a.size.lower().split('x'))
+    root = Path(a.root) if a.root else Path(tempfile.mkdtemp(prefix='dctkd-bench-'))
+    print(f'torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average '
+          f'{os.getloadavg()[0]:.1f}; default_workers() = {default_workers()}')
+    print(f'{a.n} JPEGs {w}×{h}, training transforms (resize {round(a.crop * 256 / 224)}, random crop {a.crop}, flip, '
+          f'normalise), batch {a.batch}, {a.workers} workers')
+    try:
+        t = time.perf_counter()
+        make_toy_scenes(root / 'ade', 'ade20k', n_classes=8, n_per_class=math.ceil(a.n / 8), size=(w, h), seed=0,
+                        val_fraction=0)
+        print(f'generated the toy ADE20K in {time.perf_counter() - t:.1f} s')
+
+        pil = get_dataset('ade20k', root / 'ade', 'train', size=a.crop)
+        t = time.perf_counter()
+        cached = CachedDataset(pil, cache_dir=root / 'cache', num_workers=a.workers, rebuild=True)
+        build = time.perf_counter() - t
+        print(f'built the cache in {build:.1f} s ({len(pil) / build:.0f} images/s, once): '
+              f'{cached.data_path.stat().st_size / 2**20:.0f} MiB')
+
+        names = {'pil': 'PIL (decode + resize + crop every epoch)', 'cached': 'cached (memmap crop, normalise)'}
+        rate, eff = {k: [] for k in names}, {k: [] for k in names}
+        for r in range(a.rounds):            # alternate, so a busy spell on a shared machine hits both pipelines
+            for key, ds in (('pil', pil), ('cached', cached)):
+                n, wall, cpu = epoch(ds, a, seed=r)
+                rate[key].append(n / wall); eff[key].append(n / cpu)
+                print(f'round {r + 1}: {names[key]:<41} {n / wall:7.0f} images/s   {n / cpu:7.0f} images per CPU-second')
+        med = {k: statistics.median(v) for k, v in rate.items()}
+        cpu = {k: statistics.median(v) for k, v in eff.items()}
+        print(f'median of {a.rounds}: PIL {med["pil"]:.0f} images/s, cached {med["cached"]:.0f} images/s: '
+              f'cached / PIL = {med["cached"] / med["pil"]:.1f}× (goal ≥ 5×); per CPU-second: {cpu["cached"] / cpu["pil"]:.1f}×')
+        print(f'the cache build ({build:.1f} s) pays for itself after '
+              f'{build / (len(pil) / med["pil"] - len(pil) / med["cached"]):.1f} epochs')
+    finally:
+        if not a.root: shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,129 @@
+"""dctkd.train: runs of every kind on toy scenes at small resolution on CPU, exact resume, run folders, errors."""
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dctkd import distillers
+from dctkd.data import make_toy_scenes
+from dctkd import train as T
+from dctkd.train import fit, make_config, read_checkpoint
+
+BASE = dict(dataset='toy', image_size=32, resize=36, batch_size=16, lr=0.05, lr_step=10, workers=0, progress=False)
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp('toy')
+    make_toy_scenes(root, layout='mit67', n_classes=4, n_per_class=24, size=40, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture(scope='module')
+def teacher_run(toy, tmp_path_factory):
+    out = tmp_path_factory.mktemp('runs')
+    return fit(make_config(**BASE, root=str(toy), out=str(out), arch='resnet18', epochs=3, name='teacher'))
+
+
+def _rows(run):
+    with open(Path(run) / 'metrics.csv') as f: return list(csv.DictReader(f))
+
+
+def test_teacher_run_writes_everything_and_learns(teacher_run):
+    run = Path(teacher_run)
+    assert {'config.json', 'metrics.csv', 'summary.json', 'summary.md', 'curves.png', 'checkpoints'} <= {p.name for p in run.iterdir()}
+    rows = _rows(run)
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
+    assert all(math.isfinite(float(r['train_ce'])) for r in rows)
+    s = json.loads((run / 'summary.json').read_text())
+    assert s['best']['val_top1'] == max(float(r['val_top1']) for r in rows)
+    ck = read_checkpoint(run)
+    assert ck['classes'] and ck['arch'] == 'resnet18' and 'rng' in ck and 'versions' in ck
+    assert ':' not in run.name
+
+
+@pytest.mark.parametrize('method', [m for m in distillers.names() if m != 'none'])
+def test_every_method_runs_one_epoch(toy, teacher_run, tmp_path, method):
+    hp = {'batch_size': 8} if method.startswith('semckd') else {'nce_k': 16} if method.startswith('crd') else {}
+    run = fit(make_config(**{**BASE, 'batch_size': 8}, root=str(toy), out=str(tmp_path), arch='resnet18', method=method,
+                          teacher=str(teacher_run), epochs=1, max_batches=3, hparams=hp))
+    row = _rows(run)[0]
+    terms = [k for k in row if k.startswith('train_')]
+    assert f"train_{method.split('+')[0]}" in terms or method == 'kd'
+    assert all(math.isfinite(float(row[k])) for k in terms)
+    assert (Path(run) / 'checkpoints' / 'latest.pt').exists()
+
+
+def test_resume_after_a_kill_is_exact(toy, teacher_run, tmp_path, monkeypatch):
+    cfg = dict(BASE, root=str(toy), arch='resnet18', method='dct+kd', teacher=str(teacher_run), epochs=2, max_batches=4)
+    straight = fit(make_config(**cfg, out=str(tmp_path / 'a')))
+    real = T._train_epoch
+    def killed(*a, **k):
+        if a[-1] == 1: raise KeyboardInterrupt('killed')         # epoch index 1: the second epoch
+        return real(*a, **k)
+    monkeypatch.setattr(T, '_train_epoch', killed)
+    with pytest.raises(KeyboardInterrupt):
+        fit(make_config(**cfg, out=str(tmp_path / 'b')))
+    monkeypatch.setattr(T, '_train_epoch', real)
+    (run_b,) = list((tmp_path / 'b' / 'toy-scenes').iterdir())
+    assert len(_rows(run_b)) == 1
+    resumed = fit(resume=str(run_b))
+    assert resumed == run_b
+    a, b = read_checkpoint(Path(straight) / 'checkpoints' / 'latest.pt'), read_checkpoint(Path(resumed) / 'checkpoints' / 'latest.pt')
+    assert all(torch.equal(a['student'][k], b['student'][k]) for k in a['student'])
+    assert _rows(straight) == [{**r, 'time_s': _rows(straight)[i]['time_s']} for i, r in enumerate(_rows(resumed))]
+
+
+def test_run_folders_are_never_reused(toy, tmp_path):
+    cfg = make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=1, max_batches=1, name='same')
+    a, b = fit(cfg), fit(cfg)
+    assert a != b and a.exists() and b.exists() and b.name == 'same-2'
+
+
+def test_mismatched_teacher_is_a_clear_error(toy, teacher_run, tmp_path):
+    other = tmp_path / 'other'
+    make_toy_scenes(other, layout='mit67', n_classes=3, n_per_class=10, size=40, seed=1, progress=False)
+    with pytest.raises(ValueError, match='trained on 4 classes'):
+        fit(make_config(**BASE, root=str(other), out=str(tmp_path), method='kd', teacher=str(teacher_run), epochs=1))
+
+
+def test_non_finite_loss_names_the_term(toy, teacher_run, tmp_path):
+    with pytest.raises(T.NonFiniteLoss, match=r"\['at'\]"):
+        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), method='at', teacher=str(teacher_run), epochs=1,
+                        alpha=float('inf'), max_batches=1))
+
+
+def test_bad_overrides():
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['lr_rate'\]"):
+        make_config(lr_rate=0.1)
+    with pytest.raises(ValueError, match="config epochs='two': expected int"):
+        make_config(epochs='two')
+    with pytest.raises(ValueError, match="config compile='maybe': expected bool"):
+        make_config(compile='maybe')
+    with pytest.raises(ValueError, match="unknown preset 'papr'"):
+        make_config('papr')
+    with pytest.raises(ValueError, match="method='dtc'"):
+        make_config(method='dtc')
+
+
+def test_two_process_gloo_run_writes_one_folder_and_exact_metrics(toy, tmp_path):
+    out = tmp_path / 'ddp'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29533', '--no-python',
+           str(Path(sys.executable).parent / 'dctkd_train'),
+           'dataset=toy', f'root={toy}', f'out={out}', 'epochs=1', 'image_size=32', 'resize=36', 'batch_size=16',
+           'workers=0', 'progress=false', 'name=ddp']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = list((out / 'toy-scenes').iterdir())
+    assert [p.name for p in runs] == ['ddp']
+    logged = _rows(runs[0])[0]
+    from dctkd.evaluate import evaluate
+    res = evaluate(runs[0], which='last', progress=False)
+    assert math.isclose(res['top1'], float(logged['val_top1']), abs_tol=1e-9)
