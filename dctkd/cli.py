@@ -5,15 +5,16 @@
 # %% auto #0
 __all__ = ['train_parser', 'train_cli', 'evaluate_cli']
 
-# %% ../nbs/09_cli.ipynb #577ca8d9
+# %% ../nbs/09_cli.ipynb #02140b1f
 import argparse
 import dataclasses
 import json
+import os
 import sys
 
 from .train import PRESETS, TrainConfig, config_fields, fit, make_config, parse_overrides
 
-# %% ../nbs/09_cli.ipynb #f755a6b3
+# %% ../nbs/09_cli.ipynb #1437533c
 def _keys_help() -> str:
     defaults = dataclasses.asdict(TrainConfig())
     lines = ['presets:'] + [f"  {k:<22} " + ', '.join(f'{a}={b}' for a, b in v.items()) for k, v in sorted(PRESETS.items())]
@@ -38,10 +39,10 @@ def train_cli(argv=None):
     if args.dry_run:
         print(json.dumps(dataclasses.asdict(cfg), indent=2)); return 0
     run = fit(cfg)
-    print(f"run folder: {run}")
+    if int(os.environ.get('RANK', 0)) == 0: print(f"run folder: {run}")
     return 0
 
-# %% ../nbs/09_cli.ipynb #7d1b372f
+# %% ../nbs/09_cli.ipynb #d95cb497
 def evaluate_cli(argv=None):
     "Entry point of `dctkd_evaluate`."
     from dctkd.evaluate import evaluate, format_report

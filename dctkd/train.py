@@ -8,7 +8,7 @@ __all__ = ['PRESETS', 'TrainConfig', 'config_fields', 'make_config', 'parse_over
            'atomic_save', 'versions', 'new_run_dir', 'read_checkpoint', 'load_teacher', 'NonFiniteLoss', 'fit',
            'write_summary', 'plot_curves']
 
-# %% ../nbs/06_train.ipynb #03303b9d
+# %% ../nbs/06_train.ipynb #2e9486c0
 import csv
 import dataclasses
 import datetime
@@ -37,7 +37,7 @@ from .data import get_dataset, make_loader, make_toy_scenes
 from .evaluate import Metrics
 from .models import FrozenTeacher, TappedModel, build_model
 
-# %% ../nbs/06_train.ipynb #5149743e
+# %% ../nbs/06_train.ipynb #9a8ec66e
 @dataclass
 class TrainConfig:
     "Everything that defines a training run."
@@ -49,6 +49,7 @@ class TrainConfig:
     resize: int = -1              # short side before cropping; -1: 256/224 × image_size
     norm: str = 'imagenet'        # normalisation statistics: 'imagenet' or 'paper' (the original's)
     cache: bool = False           # decode images once into a memory-mapped cache
+    augment: bool = True          # random crop + flip for training (False: the evaluation transform)
     workers: int = -1             # DataLoader processes; -1: automatic
     # networks
     arch: str = 'resnet18'        # student (or teacher being trained) architecture
@@ -85,7 +86,7 @@ def config_fields() -> dict:
     "Field name -> type of `TrainConfig`."
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
-# %% ../nbs/06_train.ipynb #35a7988a
+# %% ../nbs/06_train.ipynb #5e6d82a5
 _TRUE, _FALSE = {'true', '1', 'yes', 'on'}, {'false', '0', 'no', 'off'}
 
 def _convert(key, value, typ):
@@ -140,7 +141,7 @@ def parse_overrides(items:list) -> dict:
         out[k.strip()] = v
     return out
 
-# %% ../nbs/06_train.ipynb #40ec6b3b
+# %% ../nbs/06_train.ipynb #46bed126
 def check_config(cfg:TrainConfig):
     "Reject values that cannot work, naming the field."
     if cfg.method not in distillers.names(): raise ValueError(f"config method={cfg.method!r}: choose one of {distillers.names()}")
@@ -154,7 +155,7 @@ def check_config(cfg:TrainConfig):
     if cfg.name and not re.fullmatch(r'[A-Za-z0-9._+-]+', cfg.name):
         raise ValueError(f"config name={cfg.name!r}: use letters, digits and . _ + - only")
 
-# %% ../nbs/06_train.ipynb #ea606e4b
+# %% ../nbs/06_train.ipynb #be32d71e
 PRESETS = {
     'paper': dict(epochs=70, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_step=25, lr_gamma=0.1, image_size=224),
     'paper-teacher': dict(epochs=70, batch_size=128, lr=0.01, momentum=0.9, weight_decay=1e-4, lr_step=25, lr_gamma=0.1,
@@ -165,7 +166,7 @@ for _ds in ('ade20k', 'sun397', 'mit67'):
     PRESETS[f'paper-{_ds}'] = dict(PRESETS['paper'], dataset=_ds)
     PRESETS[f'paper-teacher-{_ds}'] = dict(PRESETS['paper-teacher'], dataset=_ds)
 
-# %% ../nbs/06_train.ipynb #1352abda
+# %% ../nbs/06_train.ipynb #59c18d3c
 def epoch_seed(seed:int, epoch:int) -> int:
     "A seed for epoch `epoch` of a run seeded with `seed`."
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
@@ -185,7 +186,7 @@ def set_rng_state(s:dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/06_train.ipynb #7fb1d8cc
+# %% ../nbs/06_train.ipynb #777371e0
 @dataclass
 class Dist:
     "This process's place in the (possibly single-process) world."
@@ -227,7 +228,7 @@ class ShardSampler(torch.utils.data.Sampler):
         return iter(order[self.rank::self.world])
     def __len__(self): return len(range(self.rank, self.n - (self.n % self.world if self.drop_last else 0), self.world))
 
-# %% ../nbs/06_train.ipynb #0186d16f
+# %% ../nbs/06_train.ipynb #673dc44d
 def _datasets(cfg:TrainConfig, progress:bool):
     "Training and validation datasets for `cfg` (toy scenes are generated on first use)."
     resize = None if cfg.resize < 0 else cfg.resize
@@ -239,7 +240,8 @@ def _datasets(cfg:TrainConfig, progress:bool):
         name = 'mit67'
     else: name = cfg.dataset
     kw = dict(size=cfg.image_size, resize=resize, norm=cfg.norm, cache=cfg.cache, progress=progress)
-    return get_dataset(name, cfg.root, 'train', 'train', **kw), get_dataset(name, cfg.root, cfg.val_split, 'eval', **kw)
+    return (get_dataset(name, cfg.root, 'train', 'train' if cfg.augment else 'eval', **kw),
+            get_dataset(name, cfg.root, cfg.val_split, 'eval', **kw))
 
 def _loader(ds, cfg, d:Dist, train:bool, epoch:int):
     "A loader over this rank's shard; shuffle and augmentation seeded by (seed, epoch)."
@@ -249,7 +251,7 @@ def _loader(ds, cfg, d:Dist, train:bool, epoch:int):
     return make_loader(ds, max(1, cfg.batch_size // d.world), device=d.device, train=train, num_workers=workers,
                        seed=epoch_seed(cfg.seed + 1, epoch), sampler=sampler, persistent_workers=False)
 
-# %% ../nbs/06_train.ipynb #80205c2c
+# %% ../nbs/06_train.ipynb #a5a6702d
 class Trainee(nn.Module):
     "The trainable part of a run: the student and the distiller's own modules, as one module (what DDP wraps)."
     def __init__(self, student:TappedModel, distiller:nn.Module):
@@ -259,7 +261,7 @@ class Trainee(nn.Module):
         out = self.student(x)
         return self.distiller(out, teacher_out, targets, index), out
 
-# %% ../nbs/06_train.ipynb #eed2a7df
+# %% ../nbs/06_train.ipynb #61c4995e
 def atomic_save(obj, path):
     "torch.save to `path` through a temporary file and an atomic rename."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +318,13 @@ def load_teacher(path, classes:list, device) -> FrozenTeacher:
     net.model.load_state_dict(ck['student'])
     return FrozenTeacher(net.to(device))
 
-# %% ../nbs/06_train.ipynb #93ffc99a
+# %% ../nbs/06_train.ipynb #06d69f2c
+def _tensorboard(run):
+    "A TensorBoard writer into the run folder when tensorboard is installed, else None."
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return None
+    return SummaryWriter(str(Path(run) / 'tensorboard'))
+
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite."
 
@@ -330,7 +338,7 @@ def _progress(iterable, total, desc, enabled):
     in_notebook = 'ipykernel' in sys.modules
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled or not (in_notebook or sys.stderr.isatty()))
 
-# %% ../nbs/06_train.ipynb #1c8d8308
+# %% ../nbs/06_train.ipynb #99490adc
 def fit(cfg:TrainConfig=None, # the run; see `make_config`
         **overrides,          # typed overrides applied on top of `cfg`
        ) -> Path:
@@ -382,6 +390,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         run = new_run_dir(cfg) if d.main else None
         if d.world > 1:
             box = [str(run) if run else None]; dist.broadcast_object_list(box, 0); run = Path(box[0])
+    tb = _tensorboard(run) if d.main else None
     if d.main:
         (run / 'checkpoints').mkdir(exist_ok=True)
         _atomic_text(run / 'config.json', json.dumps(dataclasses.asdict(cfg), indent=2))
@@ -390,6 +399,8 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         seed_everything(epoch_seed(cfg.seed, epoch))
         t0 = time.time()
         train_terms = _train_epoch(model, trainee, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
+        if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
+            for b in trainee.buffers(): dist.broadcast(b, 0)
         val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show)
         lr = opt.param_groups[0]['lr']
         sched.step()
@@ -408,11 +419,15 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
             atomic_save(ck, run / 'checkpoints' / 'latest.pt')
             if improved: atomic_save(ck, run / 'checkpoints' / 'best.pt')
             _write_metrics(run, history)
+            if tb is not None:
+                for k, v in row.items():
+                    if k != 'epoch': tb.add_scalar(k.replace('_', '/', 1), v, epoch + 1)
+                tb.flush()
         if d.world > 1: dist.barrier()
     if d.main: write_summary(run, history, cfg)
     return run
 
-# %% ../nbs/06_train.ipynb #ac001df7
+# %% ../nbs/06_train.ipynb #ccc1314b
 def _train_epoch(model, trainee, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
     model.train()
     sums, n = {}, torch.zeros((), dtype=torch.float64)
@@ -454,7 +469,7 @@ def _validate(student, loader, num_classes, amp, cl, d, show):
     student.train(was)
     return {k: float(r[k]) for k in ('loss', 'top1', 'top5', 'mca_present', 'mca_all')}
 
-# %% ../nbs/06_train.ipynb #e9daee2f
+# %% ../nbs/06_train.ipynb #5246e812
 def _write_metrics(run, history):
     keys = list(dict.fromkeys(k for row in history for k in row))
     lines = [','.join(keys)] + [','.join(f"{row.get(k, '')}" for k in keys) for row in history]
