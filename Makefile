@@ -33,7 +33,7 @@ sync: $(STAMP)
 	echo "notebooks, library and README in sync"
 
 test: sync
-	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider
+	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider --durations=15
 
 # Executes the core notebooks into a new, time-stamped folder (earlier runs are never overwritten).
 demo: $(STAMP)
