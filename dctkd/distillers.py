@@ -6,7 +6,7 @@
 __all__ = ['register', 'names', 'Distiller', 'build', 'NoDistillation', 'KD', 'DCT', 'AT', 'PKT', 'VIDRegressor', 'VID',
            'ContrastMemory', 'nce_loss', 'CRD', 'SemCKD', 'ABF', 'hcl_loss', 'ReviewKD']
 
-# %% ../nbs/03_distillers.ipynb #ba9afe92
+# %% ../nbs/03_distillers.ipynb #cf223578
 import inspect
 import math
 
@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dct import compute_dtype
-from .losses import at_loss, dct_loss, kd_loss, pkt_loss
+from .losses import _pool_to_common, at_loss, dct_loss, kd_loss, pkt_loss
 from .models import FrozenTeacher, TappedModel, tap_shapes
 
-# %% ../nbs/03_distillers.ipynb #43553c9a
+# %% ../nbs/03_distillers.ipynb #5f281ec2
 _REGISTRY = {}
 
 def register(cls):
@@ -33,7 +33,7 @@ def names() -> list:
     for n, cls in _REGISTRY.items(): out += [n] + ([f'{n}+kd'] if cls.combinable else [])
     return out
 
-# %% ../nbs/03_distillers.ipynb #55648a92
+# %% ../nbs/03_distillers.ipynb #63aa06a6
 class Distiller(nn.Module):
     "Base class: holds β, α, δ, T and turns the method's loss into named, weighted terms."
     name = None        # registry name, also the name of the method's term
@@ -67,7 +67,7 @@ class Distiller(nn.Module):
 
     def extra_repr(self): return f"alpha={self.alpha:g}, beta={self.beta:g}, delta={self.delta:g}, T={self.T:g}"
 
-# %% ../nbs/03_distillers.ipynb #6f3212a8
+# %% ../nbs/03_distillers.ipynb #3ca35b36
 def _shapes(model, input_size):
     "Tap shapes (batch dim dropped) of a TappedModel, a FrozenTeacher around one, or a list of shapes."
     if isinstance(model, FrozenTeacher): model = model.model
@@ -97,7 +97,7 @@ def build(name:str,          # a method from `names()`, e.g. 'dct', 'crd+kd'
     t = _shapes(teacher, input_size) if teacher is not None else None
     return cls(s, t, num_train, **hparams)
 
-# %% ../nbs/03_distillers.ipynb #4b341ceb
+# %% ../nbs/03_distillers.ipynb #8b826422
 @register
 class NoDistillation(Distiller):
     "Cross-entropy only: teachers and the vanilla student baselines."
@@ -143,7 +143,7 @@ class PKT(Distiller):
     name, alpha = 'pkt', 30000.0
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index): return pkt_loss(s_feats[-1], t_feats[-1])
 
-# %% ../nbs/03_distillers.ipynb #13db2456
+# %% ../nbs/03_distillers.ipynb #e750c5c7
 class VIDRegressor(nn.Module):
     "VID's mean regressor and per-channel variance for one stage pair."
     def __init__(self, s_ch, t_ch, mid_ch=None, init_var=5.0, eps=1e-5):
@@ -155,15 +155,10 @@ class VIDRegressor(nn.Module):
         self.eps = eps
 
     def forward(self, fs, ft):
-        fs, ft = _pool_common(fs, ft)
+        fs, ft = _pool_to_common(fs, ft)
         mu = self.mean(fs)
         var = (F.softplus(self.log_scale) + self.eps).view(1, -1, 1, 1)
         return (0.5 * ((mu - ft) ** 2 / var + torch.log(var))).mean()
-
-def _pool_common(fs, ft):
-    "Adaptive-average-pool the larger of two feature maps to the smaller spatial size."
-    size = (min(fs.shape[-2], ft.shape[-2]), min(fs.shape[-1], ft.shape[-1]))
-    return tuple(f if f.shape[-2:] == size else F.adaptive_avg_pool2d(f, size) for f in (fs, ft))
 
 @register
 class VID(Distiller):
@@ -176,7 +171,7 @@ class VID(Distiller):
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         return sum(r(s_feats[i], t_feats[i].detach()) for r, i in zip(self.regressors, self.stages))
 
-# %% ../nbs/03_distillers.ipynb #86b8c784
+# %% ../nbs/03_distillers.ipynb #13d9cad4
 class ContrastMemory(nn.Module):
     "CRD's two memory banks (student and teacher embeddings of every training sample) and their constants Z."
     def __init__(self, dim, num_train, K, tau, momentum, labels=None):
@@ -233,7 +228,7 @@ def nce_loss(x:torch.Tensor, # (B, K+1) scores, the positive first
     log_d0 = torch.log(mPn / (x[:, 1:] + mPn + eps))
     return -(log_d1.sum() + log_d0.sum()) / x.shape[0]
 
-# %% ../nbs/03_distillers.ipynb #112a3705
+# %% ../nbs/03_distillers.ipynb #bbbd521f
 @register
 class CRD(Distiller):
     "Contrastive representation distillation on the pooled vectors, with a memory bank over the training set."
@@ -256,7 +251,7 @@ class CRD(Distiller):
         out_s, out_t = self.memory(v_s, v_t, index, targets)
         return nce_loss(out_s, self.num_train) + nce_loss(out_t, self.num_train)
 
-# %% ../nbs/03_distillers.ipynb #25f76387
+# %% ../nbs/03_distillers.ipynb #c3b8de69
 class _MLPEmbed(nn.Module):
     def __init__(self, dim_in, dim_out):
         super().__init__()
@@ -314,7 +309,7 @@ class SemCKD(Distiller):
         mse = torch.stack(mse, 1).view(B, S, T)
         return (w * mse).sum() / (B * S)
 
-# %% ../nbs/03_distillers.ipynb #3a1479ad
+# %% ../nbs/03_distillers.ipynb #51366068
 class ABF(nn.Module):
     "ReviewKD's attention-based fusion of one student level with the fused output of the deeper level."
     def __init__(self, in_ch, mid_ch, out_ch, fuse:bool):

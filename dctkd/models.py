@@ -4,10 +4,10 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_TAPS', 'PAPER_ARCHS', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model',
-           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'save_model', 'FrozenTeacher', 'PairReport',
-           'check_pair']
+           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'atomic_save', 'save_model', 'FrozenTeacher',
+           'PairReport', 'check_pair']
 
-# %% ../nbs/04_models.ipynb #ea48c2bc
+# %% ../nbs/04_models.ipynb #e010cae5
 import copy
 import difflib
 import fnmatch
@@ -23,7 +23,7 @@ from torch import nn
 import dctkd.compat  # noqa: F401  (before torchvision)
 import torchvision
 
-# %% ../nbs/04_models.ipynb #74d9c42f
+# %% ../nbs/04_models.ipynb #6c50a001
 DEFAULT_TAPS = {
     'resnet*': ['layer1', 'layer2', 'layer3', 'layer4', 'fc:in'],
     'resnext*': ['layer1', 'layer2', 'layer3', 'layer4', 'fc:in'],
@@ -44,7 +44,7 @@ def default_taps(arch:str) -> list:
     raise ValueError(f"no default taps for {arch!r}; pass taps=[...] with module names (see suggest_taps) "
                      f"or use one of the families {list(DEFAULT_TAPS)}")
 
-# %% ../nbs/04_models.ipynb #f543056d
+# %% ../nbs/04_models.ipynb #3b905adf
 def _parse_tap(tap):
     "('module.name', 'out' | 'in') from 'module.name' or 'module.name:in'."
     name, _, where = tap.partition(':')
@@ -90,7 +90,7 @@ class TappedModel(nn.Module):
 
     def extra_repr(self): return f"arch={self.arch!r}, taps={self.taps}"
 
-# %% ../nbs/04_models.ipynb #1670d580
+# %% ../nbs/04_models.ipynb #51f0fbc5
 def _head(model):
     "(parent module, attribute name, Linear) of the model's last nn.Linear: its classifier."
     last = None
@@ -118,7 +118,7 @@ def num_classes_of(model:nn.Module) -> int:
     "Number of outputs of the model's classifier (its last nn.Linear)."
     return _head(model.model if isinstance(model, TappedModel) else model)[2].out_features
 
-# %% ../nbs/04_models.ipynb #119e9c53
+# %% ../nbs/04_models.ipynb #c65bcde7
 def build_model(arch:str,          # a torchvision classification architecture, e.g. 'resnet18', 'mobilenet_v2'
                 num_classes:int,   # outputs of the classifier
                 pretrained=None,   # None, 'imagenet' (torchvision's IMAGENET1K_V1; 'imagenet:V2' for V2) or a checkpoint path
@@ -142,7 +142,7 @@ def build_model(arch:str,          # a torchvision classification architecture, 
         if pretrained is not None: load_weights(model, pretrained, arch=arch)
     return TappedModel(model, taps, arch=arch)
 
-# %% ../nbs/04_models.ipynb #18f09a97
+# %% ../nbs/04_models.ipynb #c865eeb2
 def _shape_only(arch):
     "An untrained `arch` for shape queries: on the meta device when its constructor allows, else on CPU."
     try:
@@ -166,7 +166,7 @@ def tap_shapes(model,              # a TappedModel, or an architecture name (bui
     finally: model.train(was_training)
     return [tuple(f.shape) for f in feats]
 
-# %% ../nbs/04_models.ipynb #fad568ae
+# %% ../nbs/04_models.ipynb #60b68d07
 def suggest_taps(model:nn.Module, # an (unwrapped) classification network
                  input_size:int=224,
                 ) -> list:
@@ -191,7 +191,7 @@ def suggest_taps(model:nn.Module, # an (unwrapped) classification network
         if hits: taps.append(hits[-1])
     return taps + [_head_name(model).split('.')[0] + ':in']
 
-# %% ../nbs/04_models.ipynb #6116aa6e
+# %% ../nbs/04_models.ipynb #d7f3efea
 def _read_state_dict(path):
     "The model state_dict inside a checkpoint file in any supported layout, with `module.` prefixes removed."
     path = Path(path)
@@ -204,7 +204,7 @@ def _read_state_dict(path):
     else: raise ValueError(f"{path} is not a torchvision state_dict, a Places365 checkpoint or a dctkd model file")
     return {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in sd.items()}
 
-# %% ../nbs/04_models.ipynb #219ec01a
+# %% ../nbs/04_models.ipynb #60303873
 def guess_arch(state_dict:dict) -> str:
     "The torchvision architecture whose parameter names and shapes best match `state_dict` (classifier excluded)."
     def sig(sd): return {k: tuple(v.shape) for k, v in sd.items() if v.ndim > 0}
@@ -217,7 +217,7 @@ def guess_arch(state_dict:dict) -> str:
         if score > best[0]: best = (score, arch)
     return best[1] if best[0] > 0.5 else 'an unknown architecture'
 
-# %% ../nbs/04_models.ipynb #86b915d3
+# %% ../nbs/04_models.ipynb #d774fd5f
 def load_weights(model:nn.Module, # the (unwrapped or tapped) model to fill
                  path,            # a checkpoint in torchvision, Places365 or dctkd layout
                  arch:str=None,   # the model's architecture, for messages
@@ -242,7 +242,16 @@ def load_weights(model:nn.Module, # the (unwrapped or tapped) model to fill
     net.load_state_dict(sd, strict=False)
     return model
 
-# %% ../nbs/04_models.ipynb #dde22b05
+# %% ../nbs/04_models.ipynb #6d7e6c92
+def atomic_save(obj, path):
+    "torch.save to `path` through a temporary file in the same folder and an atomic rename."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp'); os.close(fd)
+    try:
+        torch.save(obj, tmp); os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
 def save_model(model:TappedModel, # the model to save (its taps and arch are recorded)
                path,              # destination; never overwritten unless `overwrite`
                overwrite:bool=False,
@@ -251,18 +260,11 @@ def save_model(model:TappedModel, # the model to save (its taps and arch are rec
     path = Path(path)
     if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {'format': 'dctkd-model', 'arch': model.arch, 'num_classes': num_classes_of(model), 'taps': model.taps,
-           'model': model.model.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp')
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
+    atomic_save({'format': 'dctkd-model', 'arch': model.arch, 'num_classes': num_classes_of(model), 'taps': model.taps,
+                 'model': model.model.state_dict()}, path)
     return path
 
-# %% ../nbs/04_models.ipynb #58236b05
+# %% ../nbs/04_models.ipynb #565877c1
 class FrozenTeacher(nn.Module):
     "A teacher that stays in eval mode, has no gradients and runs without autograd; optionally in half precision."
     def __init__(self,
@@ -287,7 +289,7 @@ class FrozenTeacher(nn.Module):
         if isinstance(out, tuple) and self.dtype is not None: out = (out[0].float(), *out[1:])
         return out
 
-# %% ../nbs/04_models.ipynb #5f7b6fa7
+# %% ../nbs/04_models.ipynb #1726f1d9
 @dataclass
 class PairReport:
     "Per-stage shapes of a student/teacher pair and what each method needs to run on it."
