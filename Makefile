@@ -7,7 +7,7 @@ STAMP := $(VENV)/.dctkd-installed
 PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraints.txt
 SYNCED := nbs dctkd README.md
 
-.PHONY: install sync test demo bench clean
+.PHONY: install sync test demo docs bench clean
 
 # A fresh .venv with torch pinned first (the local CPU build), then dctkd and its dev extras under the same
 # constraints, so pip can never replace torch or pull an unpinned torchvision.
@@ -44,6 +44,13 @@ demo: $(STAMP)
 	$(BIN)/jupyter nbconvert --to html --log-level WARN $$out/quickstart.ipynb >/dev/null; \
 	cat $$out/results.md; \
 	echo "report: $$out/quickstart.html (executed notebook: $$out/quickstart.ipynb)"
+
+# The docs site without Quarto (nbdev's processing + nbconvert), into _docs/; the core notebooks are executed
+# for their figures. Where Quarto is installed, `nbdev_docs` builds the standard nbdev site from the same notebooks.
+docs: $(STAMP)
+	@bash tests/site/setup.sh >/dev/null
+	@$(BIN)/dctkd_site --out _docs --execute 00_dct,02_losses,08_viz
+	@echo "docs: _docs/index.html"
 
 bench: $(STAMP)
 	@$(BIN)/python benchmarks/dct.py
