@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from . import distillers
-from .train import config_fields, make_config, PRESETS
+from .train import PRESETS, _atomic_text, config_fields, make_config
 
 # %% ../nbs/10_sweep.ipynb #18f02cdb
 PLAN_KEYS = {'seeds', 'defaults', 'runs', 'name', 'description', 'split', 'notes'}
@@ -86,9 +86,7 @@ def _repo_root() -> Path:
             if (q / 'nbs' / 'experiments' / 'train.ipynb').exists(): return q
     raise FileNotFoundError("nbs/experiments/train.ipynb not found; run the sweep from the dctkd repository or pass notebook=")
 
-def _atomic_json(path, obj):
-    path = Path(path); tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2)); os.replace(tmp, path)
+def _atomic_json(path, obj): _atomic_text(Path(path), json.dumps(obj, indent=2))
 
 def _dsdir(dataset): return dataset if dataset != 'toy' else 'toy-scenes'
 

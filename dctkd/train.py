@@ -8,7 +8,7 @@ __all__ = ['PRESETS', 'TrainConfig', 'config_fields', 'make_config', 'parse_over
            'versions', 'new_run_dir', 'read_checkpoint', 'load_teacher', 'NonFiniteLoss', 'fit', 'write_summary',
            'plot_curves']
 
-# %% ../nbs/06_train.ipynb #41c67248
+# %% ../nbs/06_train.ipynb #c79b8808
 import csv
 import dataclasses
 import datetime
@@ -37,7 +37,7 @@ from .data import get_dataset, make_loader, make_toy_scenes
 from .evaluate import Metrics
 from .models import FrozenTeacher, TappedModel, atomic_save, build_model
 
-# %% ../nbs/06_train.ipynb #ab876fbb
+# %% ../nbs/06_train.ipynb #812ab969
 @dataclass
 class TrainConfig:
     "Everything that defines a training run."
@@ -86,7 +86,7 @@ def config_fields() -> dict:
     "Field name -> type of `TrainConfig`."
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
-# %% ../nbs/06_train.ipynb #df7e8a6b
+# %% ../nbs/06_train.ipynb #b4c5f312
 _TRUE, _FALSE = {'true', '1', 'yes', 'on'}, {'false', '0', 'no', 'off'}
 
 def _convert(key, value, typ):
@@ -141,7 +141,7 @@ def parse_overrides(items:list) -> dict:
         out[k.strip()] = v
     return out
 
-# %% ../nbs/06_train.ipynb #e137385c
+# %% ../nbs/06_train.ipynb #75086c4c
 def check_config(cfg:TrainConfig):
     "Reject values that cannot work, naming the field."
     if cfg.method not in distillers.names(): raise ValueError(f"config method={cfg.method!r}: choose one of {distillers.names()}")
@@ -155,7 +155,7 @@ def check_config(cfg:TrainConfig):
     if cfg.name and not re.fullmatch(r'[A-Za-z0-9._+-]+', cfg.name):
         raise ValueError(f"config name={cfg.name!r}: use letters, digits and . _ + - only")
 
-# %% ../nbs/06_train.ipynb #364132a3
+# %% ../nbs/06_train.ipynb #2060816c
 PRESETS = {
     'paper': dict(epochs=70, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_step=25, lr_gamma=0.1, image_size=224),
     'paper-teacher': dict(epochs=70, batch_size=128, lr=0.01, momentum=0.9, weight_decay=1e-4, lr_step=25, lr_gamma=0.1,
@@ -166,7 +166,7 @@ for _ds in ('ade20k', 'sun397', 'mit67'):
     PRESETS[f'paper-{_ds}'] = dict(PRESETS['paper'], dataset=_ds)
     PRESETS[f'paper-teacher-{_ds}'] = dict(PRESETS['paper-teacher'], dataset=_ds)
 
-# %% ../nbs/06_train.ipynb #57b7aa40
+# %% ../nbs/06_train.ipynb #6abb822b
 def epoch_seed(seed:int, epoch:int) -> int:
     "A seed for epoch `epoch` of a run seeded with `seed`."
     return (seed * 1_000_003 + epoch * 7919) % (2**31 - 1)
@@ -186,7 +186,7 @@ def set_rng_state(s:dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/06_train.ipynb #83344b3b
+# %% ../nbs/06_train.ipynb #170e8aa0
 @dataclass
 class Dist:
     "This process's place in the (possibly single-process) world."
@@ -228,7 +228,7 @@ class ShardSampler(torch.utils.data.Sampler):
         return iter(order[self.rank::self.world])
     def __len__(self): return len(range(self.rank, self.n - (self.n % self.world if self.drop_last else 0), self.world))
 
-# %% ../nbs/06_train.ipynb #bdfb580e
+# %% ../nbs/06_train.ipynb #7b8a2879
 def _datasets(cfg:TrainConfig, progress:bool):
     "Training and validation datasets for `cfg` (toy scenes are generated on first use)."
     resize = None if cfg.resize < 0 else cfg.resize
@@ -251,7 +251,7 @@ def _loader(ds, cfg, d:Dist, train:bool, epoch:int):
     return make_loader(ds, max(1, cfg.batch_size // d.world), device=d.device, train=train, num_workers=workers,
                        seed=epoch_seed(cfg.seed + 1, epoch), sampler=sampler, persistent_workers=False)
 
-# %% ../nbs/06_train.ipynb #7a0d5494
+# %% ../nbs/06_train.ipynb #e42a2e70
 class Trainee(nn.Module):
     "The trainable part of a run: the student and the distiller's own modules, as one module (what DDP wraps)."
     def __init__(self, student:TappedModel, distiller:nn.Module):
@@ -261,7 +261,7 @@ class Trainee(nn.Module):
         out = self.student(x)
         return self.distiller(out, teacher_out, targets, index), out
 
-# %% ../nbs/06_train.ipynb #06f55477
+# %% ../nbs/06_train.ipynb #366849ad
 def _atomic_text(path, text):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp'); os.close(fd)
@@ -309,7 +309,7 @@ def load_teacher(path, classes:list, device) -> FrozenTeacher:
     net.model.load_state_dict(ck['student'])
     return FrozenTeacher(net.to(device))
 
-# %% ../nbs/06_train.ipynb #dae493d8
+# %% ../nbs/06_train.ipynb #83c3a756
 def _tensorboard(run):
     "A TensorBoard writer into the run folder when tensorboard is installed, else None."
     try: from torch.utils.tensorboard import SummaryWriter
@@ -329,7 +329,7 @@ def _progress(iterable, total, desc, enabled):
     in_notebook = 'ipykernel' in sys.modules
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled or not (in_notebook or sys.stderr.isatty()))
 
-# %% ../nbs/06_train.ipynb #c59e4d26
+# %% ../nbs/06_train.ipynb #164cbfe4
 def fit(cfg:TrainConfig=None, # the run; see `make_config`
         **overrides,          # typed overrides applied on top of `cfg`
        ) -> Path:
@@ -389,7 +389,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     for epoch in range(start, cfg.epochs):
         seed_everything(epoch_seed(cfg.seed, epoch))
         t0 = time.time()
-        train_terms = _train_epoch(model, trainee, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
+        train_terms = _train_epoch(model, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
         if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
             for b in trainee.buffers(): dist.broadcast(b, 0)
         val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show)
@@ -418,8 +418,8 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     if d.main: write_summary(run, history, cfg)
     return run
 
-# %% ../nbs/06_train.ipynb #a17f0588
-def _train_epoch(model, trainee, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
+# %% ../nbs/06_train.ipynb #d5727e4b
+def _train_epoch(model, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
     model.train()
     sums, n = {}, torch.zeros((), dtype=torch.float64)
     total = len(loader) if not cfg.max_batches else min(cfg.max_batches, len(loader))
@@ -460,7 +460,7 @@ def _validate(student, loader, num_classes, amp, cl, d, show):
     student.train(was)
     return {k: float(r[k]) for k in ('loss', 'top1', 'top5', 'mca_present', 'mca_all')}
 
-# %% ../nbs/06_train.ipynb #421e8226
+# %% ../nbs/06_train.ipynb #571ab8df
 def _write_metrics(run, history):
     keys = list(dict.fromkeys(k for row in history for k in row))
     lines = [','.join(keys)] + [','.join(f"{row.get(k, '')}" for k in keys) for row in history]
