@@ -173,8 +173,12 @@ def render_page(args) -> dict:
     body, res = exp.from_notebook_node(node, resources={'output_files_dir': f'figures/{stem}', 'unique_key': stem})
     depth = len(Path(rel).parts) - 1
     body = re.sub(r'\{target=(?:"|&quot;)_blank[^}]*\}', '', _fix_links(body, depth, cfg))   # Quarto link attributes
+    figures = dict(res.get('outputs', {}))
+    for u in re.findall(r'<img[^>]*\ssrc="([^"]+)"', body):        # images the Markdown links, relative to the notebook
+        f = Path(args[0]).parent / u
+        if not re.match(r'[a-z][a-z0-9+.-]*:|/|#', u, re.I) and f.is_file(): figures[u] = f.read_bytes()
     return dict(rel=rel, page=page_name(rel), title=fm.get('title') or stem, description=fm.get('description', ''),
-                body=body, figures=res.get('outputs', {}), sections=_sections(body), seconds=time.time() - t0,
+                body=body, figures=figures, sections=_sections(body), seconds=time.time() - t0,
                 exports=names, error=err)
 
 # %% ../nbs/97_site.ipynb #ab5eb085
@@ -213,7 +217,7 @@ _SEARCH_JS = r"""
       const h = (e.heading || '').toLowerCase(), t = (e.text || '').toLowerCase(), p = e.title.toLowerCase();
       let score = 0, all = true;
       for(const w of words){
-        const s = (h.includes(w) ? 10 : 0) + (p.includes(w) ? 3 : 0) + (t.includes(w) ? 1 : 0);
+        const s = (h.includes(w) ? 10 : 0) + (p.includes(w) ? 3 : 0) + Math.min(t.split(w).length - 1, 5);   // term frequency, capped
         if(!s) all = false; score += s;
         if(h === w) score += 20;
       }

@@ -4,9 +4,9 @@
 
 # %% auto #0
 __all__ = ['PRESETS', 'TrainConfig', 'config_fields', 'make_config', 'parse_overrides', 'check_config', 'epoch_seed',
-           'seed_everything', 'rng_state', 'set_rng_state', 'Dist', 'setup_distributed', 'ShardSampler', 'Trainee',
-           'versions', 'new_run_dir', 'read_checkpoint', 'load_teacher', 'NonFiniteLoss', 'fit', 'write_summary',
-           'plot_curves']
+           'seed_everything', 'rng_state', 'set_rng_state', 'Dist', 'setup_distributed', 'ShardSampler',
+           'sync_batchnorm', 'Trainee', 'versions', 'new_run_dir', 'read_checkpoint', 'load_teacher', 'NonFiniteLoss',
+           'fit', 'write_summary', 'plot_curves']
 
 # %% ../nbs/06_train.ipynb #c79b8808
 import csv
@@ -79,6 +79,7 @@ class TrainConfig:
     amp: str = 'auto'             # 'auto' (bf16 on CUDA), 'bf16', 'fp16' or 'off'
     channels_last: str = 'auto'   # 'auto' (on CUDA), 'on' or 'off'
     compile: bool = False         # torch.compile the student
+    sync_bn: str = 'auto'         # BatchNorm statistics over all processes: 'auto' (with >1 process), 'on' or 'off'
     max_batches: int = 0          # stop each epoch after this many batches (0: all); for smoke tests
     progress: bool = True         # progress bars
 
@@ -152,6 +153,7 @@ def check_config(cfg:TrainConfig):
     if cfg.lr <= 0: raise ValueError(f"config lr={cfg.lr}: must be > 0")
     if cfg.amp not in ('auto', 'bf16', 'fp16', 'off'): raise ValueError(f"config amp={cfg.amp!r}: 'auto', 'bf16', 'fp16' or 'off'")
     if cfg.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"config channels_last={cfg.channels_last!r}: 'auto', 'on' or 'off'")
+    if cfg.sync_bn not in ('auto', 'on', 'off'): raise ValueError(f"config sync_bn={cfg.sync_bn!r}: 'auto', 'on' or 'off'")
     if cfg.name and not re.fullmatch(r'[A-Za-z0-9._+-]+', cfg.name):
         raise ValueError(f"config name={cfg.name!r}: use letters, digits and . _ + - only")
 
@@ -228,6 +230,79 @@ class ShardSampler(torch.utils.data.Sampler):
         return iter(order[self.rank::self.world])
     def __len__(self): return len(range(self.rank, self.n - (self.n % self.world if self.drop_last else 0), self.world))
 
+# %% ../nbs/06_train.ipynb #623876f1
+class _GlobalBNFn(torch.autograd.Function):
+    "Batch normalisation with statistics all-reduced over the process group (training mode)."
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, group):
+        C, dims = x.shape[1], [0] + list(range(2, x.ndim))
+        shape = [1, C] + [1] * (x.ndim - 2)
+        ct = torch.promote_types(x.dtype, torch.float32)          # bf16/fp16 inputs are normalised in float32
+        stats = torch.cat([x.sum(dims, dtype=torch.float64), x.to(ct).square().sum(dims, dtype=torch.float64),
+                           torch.tensor([x.numel() // C], dtype=torch.float64, device=x.device)])
+        dist.all_reduce(stats, group=group)
+        n = stats[-1]
+        mean = stats[:C] / n
+        var = (stats[C:2 * C] / n - mean.square()).clamp_min(0)
+        m, s = mean.to(ct).view(shape), (var + eps).rsqrt().to(ct).view(shape)
+        w = weight.to(ct).view(shape) if weight is not None else torch.ones_like(s)
+        y = (x.to(ct) - m) * (s * w)
+        if bias is not None: y = y + bias.to(ct).view(shape)
+        ctx.save_for_backward(x, m, s, w)
+        ctx.group, ctx.n, ctx.wdtype = group, float(n), (weight.dtype if weight is not None else None)
+        unbiased = var * (n / (n - 1)) if float(n) > 1 else var
+        ctx.mark_non_differentiable(mean, unbiased)
+        return y.to(x.dtype), mean.clone(), unbiased
+
+    @staticmethod
+    def backward(ctx, gy, _gmean, _gvar):
+        x, m, s, w = ctx.saved_tensors
+        C, dims = x.shape[1], [0] + list(range(2, x.ndim))
+        g, xmu = gy.to(m.dtype), x.to(m.dtype) - m
+        red = torch.cat([g.sum(dims, dtype=torch.float64), (g * xmu).sum(dims, dtype=torch.float64)])
+        local = red.clone()                                        # this process's share: weight and bias gradients (DDP averages them)
+        dist.all_reduce(red, group=ctx.group)
+        gw = gb = None
+        if ctx.wdtype is not None:
+            gw = (local[C:] * s.flatten().double()).to(ctx.wdtype)
+            gb = local[:C].to(ctx.wdtype)
+        mdy, mdyx = (red[:C] / ctx.n).to(m.dtype).view(m.shape), (red[C:] / ctx.n).to(m.dtype).view(m.shape)
+        gx = (g - mdy - xmu * (s * s) * mdyx) * (s * w)
+        return gx.to(x.dtype), gw, gb, None, None
+
+class _GlobalBN:
+    "Mixin placed before a BatchNorm class: training statistics over the process group `self.sync_group`."
+    def forward(self, x):
+        if not self.training or not dist.is_initialized():
+            return super().forward(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected {self.num_features} channels, got input {tuple(x.shape)}")
+        y, mean, var = _GlobalBNFn.apply(x, self.weight, self.bias, self.eps, self.sync_group)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                mom = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), mom)
+                self.running_var.lerp_(var.to(self.running_var.dtype), mom)
+        return y
+
+_GLOBAL_BN_CLASSES = {}
+
+def sync_batchnorm(module:nn.Module, # converted in place
+                   group=None,       # process group (None: the default group)
+                  ) -> int:
+    "Make every BatchNorm layer of `module` normalise with the statistics of all processes; returns how many were converted."
+    n = 0
+    for m in module.modules():
+        cls = type(m)
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or isinstance(m, _GlobalBN): continue
+        if cls not in _GLOBAL_BN_CLASSES:
+            _GLOBAL_BN_CLASSES[cls] = type(f'Global{cls.__name__}', (_GlobalBN, cls), {'__module__': __name__})
+        m.__class__, m.sync_group = _GLOBAL_BN_CLASSES[cls], group
+        n += 1
+    return n
+
+
 # %% ../nbs/06_train.ipynb #7b8a2879
 def _datasets(cfg:TrainConfig, progress:bool):
     "Training and validation datasets for `cfg` (toy scenes are generated on first use)."
@@ -245,7 +320,7 @@ def _datasets(cfg:TrainConfig, progress:bool):
 
 def _loader(ds, cfg, d:Dist, train:bool, epoch:int):
     "A loader over this rank's shard; shuffle and augmentation seeded by (seed, epoch)."
-    sampler = ShardSampler(len(ds), d.rank, d.world, shuffle=train, seed=cfg.seed, drop_last=False)
+    sampler = ShardSampler(len(ds), d.rank, d.world, shuffle=train, seed=cfg.seed, drop_last=train and d.world > 1)
     sampler.set_epoch(epoch)
     workers = None if cfg.workers < 0 else cfg.workers
     return make_loader(ds, max(1, cfg.batch_size // d.world), device=d.device, train=train, num_workers=workers,
@@ -342,6 +417,9 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         base = json.loads(saved.read_text())
     cfg = make_config(**{**base, **overrides, **({'resume': str(resume)} if resume else {})})
     d = setup_distributed(cfg.device)
+    if cfg.batch_size % d.world:
+        raise ValueError(f"config batch_size={cfg.batch_size} is the global batch, split over {d.world} processes; "
+                         f"make it a multiple of {d.world}")
     show = cfg.progress and d.main
     train_ds, val_ds = _datasets(cfg, show) if d.main else (None, None)
     if d.world > 1:
@@ -358,6 +436,9 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     if cfg.method.split('+')[0] == 'crd': hp.setdefault('labels', torch.tensor(train_ds.targets))
     distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), T=cfg.T, **weights, **hp)
     trainee = Trainee(student, distiller).to(d.device)
+    if d.world > 1 and cfg.sync_bn != 'off' or cfg.sync_bn == 'on':
+        if d.device.type == 'cuda': trainee = nn.SyncBatchNorm.convert_sync_batchnorm(trainee)   # PyTorch's fused kernels
+        else: sync_batchnorm(trainee)
     cl = cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and d.device.type == 'cuda')
     if cl:
         trainee.to(memory_format=torch.channels_last)

@@ -21,3 +21,7 @@ def test_quickstart_trains_evaluates_and_reports(tmp_path, monkeypatch):
     pngs = sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
     assert pngs >= 4                                       # curves, attention, spectra, per-stage loss
     assert not any(o.get('output_type') == 'error' for c in cells for o in c.get('outputs', []))
+    from PIL import Image
+    for name in ('attention.png', 'spectra.png'):                # the figures are also saved beside the runs
+        with Image.open(out / name) as im:
+            assert im.format == 'PNG' and min(im.size) > 100, (name, im.size)
