@@ -49,3 +49,12 @@ def test_nbdev_clean_keeps_papermill_parameters_tag(tmp_path):
     cell = json.loads(f.read_text())['cells'][0]
     assert cell['metadata'] == {'tags': ['parameters']}       # the tag survives, other cell metadata goes
     assert cell['execution_count'] is None
+
+
+def test_readme_images_resolve_from_the_repository_root():
+    import re
+    links = re.findall(r'!\[[^\]]*\]\(([^)\s]+)\)', (ROOT / 'README.md').read_text())
+    assert len(links) >= 2, 'the README shows the quickstart figures'
+    for u in links:
+        assert not u.startswith('images/'), f'{u}: not rebased to the README folder'
+        assert (ROOT / u).is_file(), f'README image {u} does not exist'
