@@ -394,6 +394,11 @@ def _tensorboard(run):
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite."
 
+def _last_good(epoch):
+    "Where a run stopped in epoch index `epoch` can go on from."
+    return (f"the last good checkpoint is checkpoints/latest.pt (epoch {epoch})" if epoch else
+            "no epoch had finished, so there is no checkpoint")
+
 def _amp_dtype(cfg, device):
     if cfg.amp == 'off' or (cfg.amp == 'auto' and device.type != 'cuda'): return None
     return torch.float16 if cfg.amp == 'fp16' else torch.bfloat16
@@ -474,6 +479,9 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
             for b in trainee.buffers(): dist.broadcast(b, 0)
         val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show)
+        if not math.isfinite(val['loss']) and not math.isnan(val['top1']):   # terms were finite, yet weights or logits overflowed (an empty split has no loss)
+            raise NonFiniteLoss(f"epoch {epoch + 1}: the validation loss became {val['loss']}: the student's weights or "
+                                f"logits overflowed (lower lr or the method's weight alpha); {_last_good(epoch)}")
         lr = opt.param_groups[0]['lr']
         sched.step()
         row = {'epoch': epoch + 1, 'lr': lr,
@@ -514,7 +522,7 @@ def _train_epoch(model, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
         bad = [k for k, v in terms.items() if not torch.isfinite(v)]
         if bad:
             raise NonFiniteLoss(f"epoch {epoch + 1}, batch {b + 1}: loss term(s) {bad} became "
-                                f"{[float(terms[k].detach()) for k in bad]}; the last good checkpoint is checkpoints/latest.pt")
+                                f"{[float(terms[k].detach()) for k in bad]}; {_last_good(epoch)}")
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt); scaler.update()

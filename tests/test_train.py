@@ -28,7 +28,7 @@ def toy(tmp_path_factory):
 @pytest.fixture(scope='module')
 def teacher_run(toy, tmp_path_factory):
     out = tmp_path_factory.mktemp('runs')
-    return fit(make_config(**BASE, root=str(toy), out=str(out), arch='resnet18', epochs=3, name='teacher'))
+    return fit(make_config(**{**BASE, 'lr': 0.01}, root=str(toy), out=str(out), arch='resnet18', epochs=4, name='teacher'))
 
 
 def _rows(run):
@@ -39,7 +39,8 @@ def test_teacher_run_writes_everything_and_learns(teacher_run):
     run = Path(teacher_run)
     assert {'config.json', 'metrics.csv', 'summary.json', 'summary.md', 'curves.png', 'checkpoints'} <= {p.name for p in run.iterdir()}
     rows = _rows(run)
-    assert [int(r['epoch']) for r in rows] == [1, 2, 3]
+    assert [int(r['epoch']) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]['val_top1']) > 50                # 4 classes: better than chance, so students have a teacher
     assert float(rows[-1]['train_loss']) < float(rows[0]['train_loss'])
     assert all(math.isfinite(float(r['train_ce'])) for r in rows)
     s = json.loads((run / 'summary.json').read_text())
@@ -59,6 +60,26 @@ def test_every_method_runs_one_epoch(toy, teacher_run, tmp_path, method):
     assert f"train_{method.split('+')[0]}" in terms or method == 'kd'
     assert all(math.isfinite(float(row[k])) for k in terms)
     assert (Path(run) / 'checkpoints' / 'latest.pt').exists()
+
+
+@pytest.fixture(scope='module')
+def one_batch(tmp_path_factory):
+    "Toy scenes whose training split is a single batch of 8 (2 per class), so every epoch sees the same images."
+    root = tmp_path_factory.mktemp('one-batch')
+    make_toy_scenes(root, layout='mit67', n_classes=4, n_per_class=3, size=40, seed=2, val_fraction=0.34, progress=False)
+    return root
+
+
+@pytest.mark.parametrize('method', distillers.names())
+def test_every_method_lowers_its_loss_on_a_fixed_batch(one_batch, teacher_run, tmp_path, method):
+    hp = {'nce_k': 4} if method.startswith('crd') else {}
+    run = fit(make_config(**{**BASE, 'batch_size': 8, 'lr': 0.001, 'augment': False}, root=str(one_batch), out=str(tmp_path),
+                          method=method, teacher=str(teacher_run) if method != 'none' else '', epochs=3, hparams=hp))
+    rows = _rows(run)
+    assert all(math.isfinite(float(v)) for r in rows for k, v in r.items() if k.startswith('train_'))
+    first, last = float(rows[0]['train_loss']), float(rows[-1]['train_loss'])
+    print(method, round(last / first, 3))
+    assert last < first, (method, [r['train_loss'] for r in rows])
 
 
 def test_resume_after_a_kill_is_exact(toy, teacher_run, tmp_path, monkeypatch):
@@ -95,9 +116,42 @@ def test_mismatched_teacher_is_a_clear_error(toy, teacher_run, tmp_path):
 
 
 def test_non_finite_loss_names_the_term(toy, teacher_run, tmp_path):
-    with pytest.raises(T.NonFiniteLoss, match=r"\['at'\]"):
+    with pytest.raises(T.NonFiniteLoss, match=r"\['at'\] became \[inf\]; no epoch had finished, so there is no checkpoint"):
         fit(make_config(**BASE, root=str(toy), out=str(tmp_path), method='at', teacher=str(teacher_run), epochs=1,
                         alpha=float('inf'), max_batches=1))
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    real, calls = T.Trainee.forward, []
+    def poisoned(self, *a):                                       # the 3rd training batch: epoch 2, batch 1
+        terms, out = real(self, *a)
+        calls.append(1)
+        if len(calls) == 3: terms = {**terms, 'ce': terms['ce'] * float('nan')}
+        return terms, out
+    monkeypatch.setattr(T.Trainee, 'forward', poisoned)
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, batch 1: loss term\(s\) \['ce'\] became \[nan\]; "
+                                              r"the last good checkpoint is checkpoints/latest.pt \(epoch 1\)"):
+        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=2, max_batches=2, name='nan'))
+    run = tmp_path / 'toy-scenes' / 'nan'
+    assert [r['epoch'] for r in _rows(run)] == ['1']
+    ck = read_checkpoint(run / 'checkpoints' / 'latest.pt')
+    assert ck['epoch'] == 0 and all(torch.isfinite(v).all() for v in ck['student'].values() if v.is_floating_point())
+    assert not list(run.rglob('*.tmp'))                           # no half-written files left behind
+
+
+def test_validation_overflow_stops_the_run(toy, tmp_path, monkeypatch):
+    real = T._validate
+    calls = []
+    def second_epoch_overflows(*a):
+        calls.append(1)
+        val = real(*a)
+        return {**val, 'loss': float('nan')} if len(calls) == 2 else val
+    monkeypatch.setattr(T, '_validate', second_epoch_overflows)
+    with pytest.raises(T.NonFiniteLoss, match=r"epoch 2: the validation loss became nan: .*lower lr.*"
+                                              r"the last good checkpoint is checkpoints/latest.pt \(epoch 1\)"):
+        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=2, max_batches=1, name='overflow'))
+    run = tmp_path / 'toy-scenes' / 'overflow'
+    assert [r['epoch'] for r in _rows(run)] == ['1'] and read_checkpoint(run / 'checkpoints' / 'latest.pt')['epoch'] == 0
 
 
 def test_bad_overrides():
