@@ -16,6 +16,8 @@ from pathlib import Path
 
 from fastcore.script import call_parse
 
+from .docs import is_local_link
+
 # %% ../nbs/97_site.ipynb #3647003c
 _CDN_MATHJAX = 'https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-svg.js'
 
@@ -176,7 +178,7 @@ def render_page(args) -> dict:
     figures = dict(res.get('outputs', {}))
     for u in re.findall(r'<img[^>]*\ssrc="([^"]+)"', body):        # images the Markdown links, relative to the notebook
         f = Path(args[0]).parent / u
-        if not re.match(r'[a-z][a-z0-9+.-]*:|/|#', u, re.I) and f.is_file(): figures[u] = f.read_bytes()
+        if is_local_link(u) and f.is_file(): figures[u] = f.read_bytes()
     return dict(rel=rel, page=page_name(rel), title=fm.get('title') or stem, description=fm.get('description', ''),
                 body=body, figures=figures, sections=_sections(body), seconds=time.time() - t0,
                 exports=names, error=err)
