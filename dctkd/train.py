@@ -441,7 +441,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     if cfg.method.split('+')[0] == 'crd': hp.setdefault('labels', torch.tensor(train_ds.targets))
     distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), T=cfg.T, **weights, **hp)
     trainee = Trainee(student, distiller).to(d.device)
-    if d.world > 1 and cfg.sync_bn != 'off' or cfg.sync_bn == 'on':
+    if (d.world > 1 and cfg.sync_bn != 'off') or cfg.sync_bn == 'on':
         if d.device.type == 'cuda': trainee = nn.SyncBatchNorm.convert_sync_batchnorm(trainee)   # PyTorch's fused kernels
         else: sync_batchnorm(trainee)
     cl = cfg.channels_last == 'on' or (cfg.channels_last == 'auto' and d.device.type == 'cuda')

@@ -112,37 +112,39 @@ def test_non_finite_loss_names_the_term(toy, teacher_run, tmp_path):
                         alpha=float('inf'), max_batches=1))
 
 
-def test_non_finite_loss_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
-    real, calls = T.Trainee.forward, []
-    def poisoned(self, *a):                                       # the 3rd training batch: epoch 2, batch 1
-        terms, out = real(self, *a)
+def _on_call(n, real, change):
+    "`real`, except that its n-th call returns `change(result)`."
+    calls = []
+    def wrapped(*a):
         calls.append(1)
-        if len(calls) == 3: terms = {**terms, 'ce': terms['ce'] * float('nan')}
-        return terms, out
-    monkeypatch.setattr(T.Trainee, 'forward', poisoned)
+        out = real(*a)
+        return change(out) if len(calls) == n else out
+    return wrapped
+
+
+def _stopped_after_epoch_1(run):
+    ck = read_checkpoint(run / 'checkpoints' / 'latest.pt')
+    return [r['epoch'] for r in _rows(run)] == ['1'] and ck['epoch'] == 0 and \
+        all(torch.isfinite(v).all() for v in ck['student'].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(toy, tmp_path, monkeypatch):
+    nan_ce = lambda r: ({**r[0], 'ce': r[0]['ce'] * float('nan')}, r[1])
+    monkeypatch.setattr(T.Trainee, 'forward', _on_call(3, T.Trainee.forward, nan_ce))   # epoch 2, batch 1
     with pytest.raises(T.NonFiniteLoss, match=r"epoch 2, batch 1: loss term\(s\) \['ce'\] became \[nan\]; "
                                               r"the last good checkpoint is checkpoints/latest.pt \(epoch 1\)"):
         fit(make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=2, max_batches=2, name='nan'))
     run = tmp_path / 'toy-scenes' / 'nan'
-    assert [r['epoch'] for r in _rows(run)] == ['1']
-    ck = read_checkpoint(run / 'checkpoints' / 'latest.pt')
-    assert ck['epoch'] == 0 and all(torch.isfinite(v).all() for v in ck['student'].values() if v.is_floating_point())
+    assert _stopped_after_epoch_1(run)
     assert not list(run.rglob('*.tmp'))                           # no half-written files left behind
 
 
 def test_validation_overflow_stops_the_run(toy, tmp_path, monkeypatch):
-    real = T._validate
-    calls = []
-    def second_epoch_overflows(*a):
-        calls.append(1)
-        val = real(*a)
-        return {**val, 'loss': float('nan')} if len(calls) == 2 else val
-    monkeypatch.setattr(T, '_validate', second_epoch_overflows)
+    monkeypatch.setattr(T, '_validate', _on_call(2, T._validate, lambda val: {**val, 'loss': float('nan')}))   # epoch 2
     with pytest.raises(T.NonFiniteLoss, match=r"epoch 2: the validation loss became nan: .*lower lr.*"
                                               r"the last good checkpoint is checkpoints/latest.pt \(epoch 1\)"):
         fit(make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=2, max_batches=1, name='overflow'))
-    run = tmp_path / 'toy-scenes' / 'overflow'
-    assert [r['epoch'] for r in _rows(run)] == ['1'] and read_checkpoint(run / 'checkpoints' / 'latest.pt')['epoch'] == 0
+    assert _stopped_after_epoch_1(tmp_path / 'toy-scenes' / 'overflow')
 
 
 def test_bad_overrides():
