@@ -49,7 +49,7 @@ demo: $(STAMP)
 # for their figures. Where Quarto is installed, `nbdev_docs` builds the standard nbdev site from the same notebooks.
 docs: $(STAMP)
 	@bash tests/site/setup.sh >/dev/null
-	@$(BIN)/dctkd_site --out _docs --execute 00_dct,02_losses,08_viz
+	@$(BIN)/dctkd_site --out _docs --execute 00_dct,02_losses,16_viz
 	@echo "docs: _docs/index.html"
 
 bench: $(STAMP)

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import torch
 
-from dctkd.data import CachedDataset, default_workers, get_dataset, make_loader, make_toy_scenes
+from dctkd.data.cache import CachedDataset, make_loader
+from dctkd.data.datasets import get_dataset
+from dctkd.data.images import default_workers
+from dctkd.data.toy import make_toy_scenes
 
 
 def cpu_seconds():

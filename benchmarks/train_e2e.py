@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-from dctkd.data import make_toy_scenes
-from dctkd.train import fit, make_config
+from dctkd.data.toy import make_toy_scenes
+from dctkd.config import make_config
+from dctkd.train import fit
 
 
 def epoch_times(run: Path) -> list:

@@ -4,8 +4,7 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_TAPS', 'PAPER_ARCHS', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model',
-           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'atomic_save', 'save_model', 'FrozenTeacher',
-           'PairReport', 'check_pair']
+           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher']
 
 # %% ../nbs/04_models.ipynb #e010cae5
 import copy
@@ -14,7 +13,6 @@ import fnmatch
 import functools
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -242,28 +240,6 @@ def load_weights(model:nn.Module, # the (unwrapped or tapped) model to fill
     net.load_state_dict(sd, strict=False)
     return model
 
-# %% ../nbs/04_models.ipynb #6d7e6c92
-def atomic_save(obj, path):
-    "torch.save to `path` through a temporary file in the same folder and an atomic rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.', suffix='.tmp'); os.close(fd)
-    try:
-        torch.save(obj, tmp); os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-
-def save_model(model:TappedModel, # the model to save (its taps and arch are recorded)
-               path,              # destination; never overwritten unless `overwrite`
-               overwrite:bool=False,
-              ) -> Path:
-    "Save `model` as a dctkd model file, atomically (temp file + rename)."
-    path = Path(path)
-    if path.exists() and not overwrite: raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({'format': 'dctkd-model', 'arch': model.arch, 'num_classes': num_classes_of(model), 'taps': model.taps,
-                 'model': model.model.state_dict()}, path)
-    return path
-
 # %% ../nbs/04_models.ipynb #565877c1
 class FrozenTeacher(nn.Module):
     "A teacher that stays in eval mode, has no gradients and runs without autograd; optionally in half precision."
@@ -288,35 +264,3 @@ class FrozenTeacher(nn.Module):
             out = self.model(x.to(self.dtype) if self.dtype is not None else x)
         if isinstance(out, tuple) and self.dtype is not None: out = (out[0].float(), *out[1:])
         return out
-
-# %% ../nbs/04_models.ipynb #1726f1d9
-@dataclass
-class PairReport:
-    "Per-stage shapes of a student/teacher pair and what each method needs to run on it."
-    stages: list                     # (tap, student shape, teacher shape) per tap, batch dim dropped
-    methods: dict = field(default_factory=dict)   # method -> 'as is' | 'needs pooling' | ... | 'cannot: ...'
-
-    def __repr__(self):
-        w = max(len(s[0]) for s in self.stages)
-        rows = [f"{'stage':<{w}}  {'student':>16}  {'teacher':>16}"]
-        rows += [f"{n:<{w}}  {'×'.join(map(str, s)):>16}  {'×'.join(map(str, t)):>16}" for n, s, t in self.stages]
-        rows += [''] + [f"{m:<8} {v}" for m, v in self.methods.items()]
-        return '\n'.join(rows)
-
-def check_pair(student:TappedModel, teacher:TappedModel, input_size=224) -> PairReport:
-    "Compare the taps of `student` and `teacher` at `input_size` and report which methods run as is."
-    ss, ts = tap_shapes(student, input_size), tap_shapes(teacher, input_size)
-    if len(ss) != len(ts): raise ValueError(f"student has {len(ss)} taps and teacher {len(ts)}; give both the same stages")
-    names = [f"{i}: {a} / {b}" if a != b else f"{i}: {a}" for i, (a, b) in enumerate(zip(student.taps, teacher.taps))]
-    stages = [(n, s[1:], t[1:]) for n, s, t in zip(names, ss, ts)]
-    spatial = [(s, t) for _, s, t in stages if len(s) == 3]
-    same_hw = all(s[1:] == t[1:] for s, t in spatial)
-    same_c = all(s[0] == t[0] for s, t in spatial)
-    nc_s, nc_t = num_classes_of(student), num_classes_of(teacher)
-    pool = 'as is' if same_hw else "needs pooling (pool=True: the larger map is average-pooled)"
-    methods = {'dct': pool, 'at': pool,
-               'kd': 'as is' if nc_s == nc_t else f"cannot: student has {nc_s} classes, teacher {nc_t}",
-               'pkt': 'as is', 'crd': 'as is (own embeddings)',
-               'vid': 'as is' if same_c and same_hw else 'needs adapters (1×1 regressors, built in)' + ('' if same_hw else ' and pooling'),
-               'semckd': 'as is (its regressors and pooling are built in)'}
-    return PairReport(stages, methods)

@@ -10,7 +10,7 @@ from torch import nn
 
 import dctkd.compat  # noqa: F401  (the torchvision guard, before torchvision)
 import torchvision
-from dctkd.train import sync_batchnorm
+from dctkd.distributed import sync_batchnorm
 
 
 def batch():

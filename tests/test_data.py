@@ -1,5 +1,6 @@
-"""dctkd.data: the dataset layouts (read from fixtures these tests write themselves, by hand), transforms, the
-memory-mapped cache against the PIL pipeline, loaders, toy scenes, and downloads from a local HTTP server."""
+"""dctkd.data (images, toy, cache, datasets, download): the dataset layouts (read from fixtures these tests write themselves, by hand), transforms, the
+memory-mapped cache against the PIL pipeline, loaders, toy scenes, and downloads from a local HTTP server; and the
+file-handling safety: CIFAR pickles that would run code, toy markers that point elsewhere, a killed cache build's leftovers."""
 import hashlib
 import os
 import pickle
@@ -19,10 +20,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dctkd.data import (NORM_STATS, TOY_CLASSES, TOY_LAYOUTS, BadImageError, CachedDataset, ChecksumError,
-                        DatasetNotFoundError, DownloadError, LabelError, TransformSpec, build_cache, default_resize,
-                        default_workers, download, eval_transform, get_dataset, load_image, make_loader,
-                        make_toy_scenes, resize_short, train_transform)
+from dctkd.data.cache import CachedDataset, build_cache, make_loader
+from dctkd.data.datasets import get_dataset
+from dctkd.data.download import download
+from dctkd.data.images import (NORM_STATS, BadImageError, ChecksumError, DatasetNotFoundError, DownloadError, LabelError,
+                               TransformSpec, UnsafePickleError, default_resize, default_workers, eval_transform, load_image,
+                               resize_short, train_transform)
+from dctkd.data.toy import TOY_CLASSES, TOY_LAYOUTS, make_toy_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_MEAN, PAPER_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)   # from the issue / original configs
@@ -81,7 +85,7 @@ def write_mit67(root):
 
 
 def write_cifar100(root, n_train=6, n_test=4, n_classes=3):
-    "torchvision's on-disk format, with bytes keys and names as Python 2 pickles give them."
+    "torchvision's on-disk format, with bytes keys and names as Python 2 pickles give them (protocol 4: no other globals)."
     base = root / 'cifar-100-python'; base.mkdir(parents=True)
     rng = np.random.default_rng(0)
     out = {}
@@ -90,10 +94,10 @@ def write_cifar100(root, n_train=6, n_test=4, n_classes=3):
         labels = [i % n_classes for i in range(n)]
         with open(base / split, 'wb') as f:
             pickle.dump({b'data': imgs.transpose(0, 3, 1, 2).reshape(n, -1), b'fine_labels': labels,
-                         b'coarse_labels': [0] * n}, f)
+                         b'coarse_labels': [0] * n}, f, protocol=4)
         out[split] = (imgs, labels)
     with open(base / 'meta', 'wb') as f:
-        pickle.dump({b'fine_label_names': [b'apple', b'bear', b'castle'][:n_classes]}, f)
+        pickle.dump({b'fine_label_names': [b'apple', b'bear', b'castle'][:n_classes]}, f, protocol=4)
     return root, out
 
 
@@ -168,6 +172,37 @@ def test_cifar100_reads_torchvision_pickles_exactly(fx, tmp_path):
     torch.testing.assert_close(x, expect, rtol=0, atol=1e-6)        # eval: no resize, no crop, CIFAR statistics
 
 
+class _RunsCommand:
+    "Unpickling this runs `touch path` through os.system."
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (os.system, (f"touch '{self.path}'",))
+
+
+class _TouchesPath:
+    "Unpickling this calls pathlib.Path.touch(path)."
+    def __init__(self, path): self.path = path
+    def __reduce__(self): return (Path.touch, (Path(self.path),))
+
+
+@pytest.mark.parametrize('payload', [_RunsCommand, _TouchesPath])
+def test_cifar100_pickles_that_would_run_code_are_refused_unrun(tmp_path, payload):
+    pickle.loads(pickle.dumps(payload(tmp_path / 'proof')))                  # the payload is live: plain pickle runs it
+    assert (tmp_path / 'proof').exists()
+    root, arrays = write_cifar100(tmp_path / 'c')
+    base, marker = root / 'cifar-100-python', tmp_path / 'pwned'
+    genuine = (base / 'train').read_bytes()
+    with open(base / 'train', 'wb') as f: pickle.dump({b'data': payload(marker), b'fine_labels': [0]}, f, protocol=4)
+    with pytest.raises(UnsafePickleError) as e: get_dataset('cifar100', root, 'train')
+    msg = str(e.value)
+    assert f"{base / 'train'}: refused to load " in msg and 'arbitrary code' in msg and isinstance(e.value, ValueError)
+    assert not marker.exists()
+    assert len(get_dataset('cifar100', root, 'val')) == len(arrays['test'][1])   # the genuine files beside it still load
+    (base / 'train').write_bytes(genuine)
+    with open(base / 'meta', 'wb') as f: pickle.dump({'fine_label_names': [payload(marker)]}, f, protocol=2)
+    with pytest.raises(UnsafePickleError, match='meta: refused to load'): get_dataset('cifar100', root, 'train')
+    assert not marker.exists()
+
+
 def test_prepared_layout_both_line_formats(fx, tmp_path):
     ade = get_dataset('ade20k', fx['prepared'], 'train', transform=None)     # auto: falls back to the prepared layout
     assert ade.classes == ['bedroom', 'street'] and ade.targets == [0, 1]
@@ -222,7 +257,7 @@ def test_labels_not_in_class_list_name_file_and_line(fx, tmp_path):
     with open(ade / 'ADEChallengeData2016' / 'sceneCategories.txt', 'a') as f: f.write('ADE_train_00000009\n')
     with pytest.raises(ValueError, match=r'sceneCategories.txt, line 9'): get_dataset('ade20k', ade)
     root, _ = write_cifar100(tmp_path / 'c', n_classes=2)
-    with open(root / 'cifar-100-python' / 'meta', 'wb') as f: pickle.dump({'fine_label_names': ['apple']}, f)
+    with open(root / 'cifar-100-python' / 'meta', 'wb') as f: pickle.dump({'fine_label_names': ['apple']}, f, protocol=4)
     with pytest.raises(LabelError, match=r'entry 1 has fine label 1'): get_dataset('cifar100', root)
 
 
@@ -376,6 +411,35 @@ def test_cache_is_reused_and_rebuilt_when_a_source_changes(fx, tmp_path):
     assert CachedDataset(c2.source, cache_dir=cache, rebuild=True, progress=False).data_path.stat().st_mtime_ns > before
 
 
+def test_next_build_removes_a_killed_builds_temporaries_and_nothing_else(fx, tmp_path):
+    cache = tmp_path / 'cache'
+    child = f"""
+import os
+from dctkd.data.cache import build_cache
+from dctkd.data.datasets import get_dataset
+ds = get_dataset('mit67', {str(fx['mit67'])!r}, 'train', size=16)
+load = type(ds).load
+def dying(self, i):
+    if i == 3: os._exit(9)                        # killed part-way: no finally runs, nothing is cleaned up
+    return load(self, i)
+type(ds).load = dying
+build_cache(ds, 18, {str(cache)!r}, num_workers=0, progress=False)
+"""
+    r = subprocess.run([sys.executable, '-c', child], cwd=ROOT, timeout=180, capture_output=True, text=True)
+    assert r.returncode == 9, r.stderr
+    left = [p for p in cache.iterdir() if p.name.endswith('.dctkd-cache-tmp')]
+    assert len(left) == 1 and left[0].name.startswith('.mit67-train-s18-'), sorted(p.name for p in cache.iterdir())
+    others = [cache / 'notes.txt', cache / f'{left[0].name[:-len("dctkd-cache-tmp")]}tmp',     # not the cache's names
+              cache / f'.mit67-val-s18-00000000-0123456789abcdef.u8.1.dctkd-cache-tmp',      # another cache's build
+              tmp_path / left[0].name]                                                      # outside the cache folder
+    for p in others: p.write_text('keep')
+    ds = get_dataset('mit67', fx['mit67'], 'train', size=16)
+    index = build_cache(ds, 18, cache, progress=False)
+    assert not left[0].exists() and all(p.read_text() == 'keep' for p in others)
+    assert sorted(p.name for p in cache.iterdir() if p not in others) == sorted(
+        [index.name, index.with_suffix('.u8').name, index.stem.rsplit('-', 1)[0] + '.lock'])
+
+
 def test_make_loader_batches_every_index_once_and_is_reproducible(fx, tmp_path):
     fast = get_dataset('mit67', fx['mit67'], 'train', size=16, cache=tmp_path, progress=False)
     dl = make_loader(fast, 4, num_workers=2, seed=7)
@@ -460,6 +524,25 @@ def test_toy_scenes_are_deterministic_and_reused(tmp_path, toys):
     with pytest.raises(FileExistsError): make_toy_scenes(tmp_path / 'foreign', progress=False)
     img = get_dataset('ade20k', make_toy_scenes(tmp_path / 'wide', 'ade20k', 2, 2, (60, 40), progress=False), transform=None)[0][0]
     assert img.size == (60, 40)
+
+
+def test_toy_marker_entries_are_checked_before_anything_is_deleted(tmp_path):
+    import json
+    root = make_toy_scenes(tmp_path / 'toy', 'mit67', 2, 4, 16, progress=False)
+    outside = tmp_path / 'outside'; outside.mkdir(); (outside / 'keep.txt').write_text('mine')   # a sibling of the root
+    (root / 'a' / 'b').mkdir(parents=True)
+    marker = root / '.dctkd-toy.json'
+    good = json.loads(marker.read_text())
+    for bad in ['../outside', str(outside), 'a/b', '..', 'a\\b', 'missing']:
+        marker.write_text(json.dumps({**good, 'entries': good['entries'] + [bad]}))
+        with pytest.raises(ValueError) as e: make_toy_scenes(root, 'mit67', 2, 5, 16, progress=False)
+        assert f'{marker} lists entry {bad!r}' in str(e.value) and 'nothing was deleted' in str(e.value)
+        assert (outside / 'keep.txt').read_text() == 'mine' and (root / 'a' / 'b').is_dir()
+        assert all((root / n).exists() for n in good['entries'])                   # not even the valid entries
+    marker.write_text(json.dumps(good))
+    make_toy_scenes(root, 'mit67', 2, 5, 16, progress=False)                        # a genuine marker: replaced
+    assert get_dataset('mit67', root, transform=None).class_counts() == [4, 4]
+    assert (root / 'a' / 'b').is_dir() and (outside / 'keep.txt').exists()         # what it did not write stays
 
 
 def test_small_cnn_separates_toy_classes_well_above_chance(tmp_path):
@@ -634,7 +717,7 @@ def test_cifar100_md5_and_zip_archives(fx, tmp_path, no_proxy):
 
 def test_download_cli(mit_server, tmp_path):
     script = tmp_path / 'dctkd_download.py'       # what the console-script entry point runs
-    script.write_text('import sys\nfrom dctkd.data import download_cli\nif __name__ == "__main__":\n    sys.exit(download_cli())\n')
+    script.write_text('import sys\nfrom dctkd.data.download import download_cli\nif __name__ == "__main__":\n    sys.exit(download_cli())\n')
     env = {**os.environ, 'no_proxy': '127.0.0.1,localhost', 'NO_PROXY': '127.0.0.1,localhost'}
     run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     r = run('--help')

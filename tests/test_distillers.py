@@ -1,6 +1,8 @@
 """dctkd.distillers and the baseline losses (KD, AT, PKT): hand references written from the equations of
 original-method.md §2 and §1.8, properties of every registered method, and every method on the paper's pairs."""
+import dataclasses
 import gc
+import re
 import warnings
 
 import numpy as np
@@ -9,7 +11,8 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from dctkd.distillers import build, hcl_loss, names, nce_loss
+from dctkd.distillers import (PLUS_KD_ORDER, Distiller, MethodInfo, build, check_pair, hcl_loss, method, names, nce_loss,
+                              register, unregister)
 from dctkd.losses import at_loss, at_vector, kd_loss, pkt_loss
 from dctkd.models import FrozenTeacher, build_model
 import torchvision  # noqa: F401,E402  (after dctkd: its compat guard)
@@ -796,6 +799,113 @@ def test_kd_with_delta_adds_to_its_own_term():
     terms = build('kd', S_SHAPES, T_SHAPES, 32, delta=1.0)(so, to, y)
     assert set(terms) == {'ce', 'kd'}
     assert _close(terms['kd'], (0.8 + 1.0) * _kd_ref(so[0], to[0], 4.0), rtol=2e-5)
+
+
+# ---- what each method declares ------------------------------------------------------------------------------------
+# the sweep report's rows as the paper's tables print them (the 'teacher' row is not a method)
+ROW_NAMES = {'none': 'Baseline', 'kd': 'KD', 'dct': 'DCT (Ours)', 'dct+kd': 'DCT (Ours) + KD', 'at': 'AT', 'at+kd': 'AT + KD',
+             'pkt': 'PKT', 'pkt+kd': 'PKT + KD', 'vid': 'VID', 'vid+kd': 'VID + KD', 'crd': 'CRD', 'crd+kd': 'CRD + KD',
+             'semckd': 'CKD', 'semckd+kd': 'CKD + KD', 'reviewkd': 'ReviewKD', 'reviewkd+kd': 'ReviewKD + KD'}
+ROW_ORDER = ['none', 'at', 'pkt', 'vid', 'crd', 'semckd', 'reviewkd', 'dct',
+             'kd', 'at+kd', 'pkt+kd', 'vid+kd', 'crd+kd', 'semckd+kd', 'reviewkd+kd', 'dct+kd']
+
+
+@pytest.mark.parametrize('name', names())
+def test_every_method_declares_title_order_and_needs(name):
+    m = method(name)
+    assert isinstance(m, MethodInfo) and m.name == name and issubclass(m.cls, Distiller)
+    assert isinstance(m.title, str) and m.title and type(m.order) is int
+    assert type(m.needs_teacher) is bool and type(m.needs_labels) is bool
+    base = m.cls
+    assert all(isinstance(getattr(base, a), t) for a, t in [('title', str), ('order', int), ('needs_teacher', bool), ('needs_labels', bool)])
+    assert isinstance(base.pair_status(S_SHAPES, T_SHAPES, NC, NC), str)
+    with pytest.raises(dataclasses.FrozenInstanceError): m.title = 'x'
+
+
+def test_titles_are_the_paper_rows_and_orders_reproduce_its_order():
+    assert {n: method(n).title for n in names()} == ROW_NAMES
+    assert method('dct+kd').title == 'DCT (Ours) + KD' and method('semckd+kd').title == 'CKD + KD'
+    assert sorted(names(), key=lambda n: method(n).order) == ROW_ORDER
+    assert len({method(n).order for n in names()}) == len(names())            # no ties to break
+    assert all(method(n).order >= PLUS_KD_ORDER > method(n.split('+')[0]).order for n in names() if n.endswith('+kd'))
+
+
+def test_needs_teacher_and_labels():
+    assert [n for n in names() if not method(n).needs_teacher] == ['none']
+    assert [n for n in names() if method(n).needs_labels] == ['crd', 'crd+kd']
+
+
+@pytest.mark.parametrize('name', ['dtc', 'kd+kd', 'none+kd', 'dct+', '', 'DCT'])
+def test_method_of_an_unknown_name_is_a_value_error_listing_the_methods(name):
+    with pytest.raises(ValueError, match=re.escape(f"unknown distiller method {name!r}")) as e:
+        method(name)
+    assert all(repr(n) in str(e.value) for n in names())
+
+
+def test_check_pair_asks_every_method_including_reviewkd():
+    r = check_pair(build_model('mobilenet_v2', 67), build_model('resnet50', 67), 224)
+    assert [s[1][1:] for s in r.stages[:4]] == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert list(r.methods) == [n for n in ROW_ORDER if not n.endswith('+kd')]
+    assert r.methods['dct'] == 'as is' and r.methods['kd'] == 'as is' and 'adapters' in r.methods['vid']
+    assert 'ABF' in r.methods['reviewkd'] and "teacher's channels" in r.methods['reviewkd'] and 'resizes' not in r.methods['reviewkd']
+    r2 = check_pair(build_model('resnet18', 10), FrozenTeacher(build_model('resnet50', 67, taps=['layer1', 'layer2', 'layer3', 'layer3', 'fc:in'])), 64)
+    assert 'needs pooling' in r2.methods['dct'] and r2.methods['kd'].startswith('cannot: student has 10 classes, teacher 67')
+    assert r2.methods['at'].startswith('as is') and 'pooled' in r2.methods['at'] and 'pooling' in r2.methods['vid']
+    assert 'resizes' in r2.methods['reviewkd']
+    assert repr(r2).splitlines()[0].startswith('stage') and '64×16×16' in repr(r2) and '256×16×16' in repr(r2)
+    assert 'reviewkd ' in repr(r2)
+    with pytest.raises(ValueError, match='same stages'):
+        check_pair(build_model('resnet18', 10), build_model('resnet50', 10, taps=['layer1', 'fc:in']), 64)
+
+
+def test_a_registered_class_appears_everywhere_and_unregister_removes_it():
+    @register
+    class Cos(Distiller):
+        "Cosine distance of the pooled vectors (through a projection)."
+        name, title, order = 'test-cos', 'Cos (test)', 65
+        @classmethod
+        def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes): return 'as is (test)'
+        def __init__(self, student_shapes, teacher_shapes, num_train=None, *, width=None, **kw):
+            super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+            self.proj = torch.nn.Linear(student_shapes[-1][0], teacher_shapes[-1][0])
+        def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+            return (1 - F.cosine_similarity(self.proj(s_feats[-1]), t_feats[-1].detach(), dim=1)).mean()
+    try:
+        assert names()[-2:] == ['test-cos', 'test-cos+kd']
+        assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 65, True, False, Cos)
+        assert (method('test-cos+kd').title, method('test-cos+kd').order) == ('Cos (test) + KD', PLUS_KD_ORDER + 65)
+        order = sorted(names(), key=lambda n: method(n).order)
+        assert order.index('test-cos') == order.index('reviewkd') + 1 and order.index('test-cos+kd') == order.index('reviewkd+kd') + 1
+        r = check_pair(build_model('resnet18', NC), build_model('resnet18', NC), 32)
+        assert r.methods['test-cos'] == 'as is (test)' and list(r.methods).index('test-cos') == list(r.methods).index('reviewkd') + 1
+        terms = build('test-cos+kd', S_SHAPES, T_SHAPES, 32)(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]))
+        assert set(terms) == {'ce', 'test-cos', 'kd'} and all(torch.isfinite(v) for v in terms.values())
+        with pytest.raises(ValueError, match='taken'): register(Cos)
+    finally:
+        assert unregister('test-cos') is Cos
+    assert 'test-cos' not in names() and 'test-cos+kd' not in names() and set(names()) == EXPECTED_NAMES
+    assert 'test-cos' not in check_pair(build_model('resnet18', NC), build_model('resnet18', NC), 32).methods
+    for n in ('test-cos', 'test-cos+kd'):
+        with pytest.raises(ValueError, match='unknown distiller'): method(n)
+    with pytest.raises(ValueError, match='unknown distiller'): build('test-cos', S_SHAPES, T_SHAPES, 32)
+    with pytest.raises(ValueError, match="no registered method 'test-cos'"): unregister('test-cos')
+
+
+def test_register_checks_what_a_class_declares():
+    class NoName(Distiller): pass
+    class Plus(Distiller): name = 'a+b'
+    class Late(Distiller): name, order = 'test-late', PLUS_KD_ORDER
+    class Untitled(Distiller): name = 'test-untitled'
+    for cls in (NoName, Plus, Late):
+        with pytest.raises(ValueError): register(cls)
+    with pytest.raises(TypeError): register(torch.nn.Linear)
+    assert set(names()) == EXPECTED_NAMES
+    try:
+        register(Untitled)
+        assert method('test-untitled').title == 'test-untitled' and method('test-untitled').order == Distiller.order
+        assert 'unknown' in Untitled.pair_status(S_SHAPES, T_SHAPES, NC, NC)
+    finally: unregister('test-untitled')
+    with pytest.raises(ValueError, match=r"unregister the method itself"): unregister('dct+kd')
 
 
 # ---- the paper's pairs: a ResNet-50 teacher, ResNet-18 and MobileNetV2 students, 32 px, CPU ------------------------

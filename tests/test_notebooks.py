@@ -29,7 +29,7 @@ def _skip_flags():
 
 def test_notebooks_found():
     names = {p.stem for p in _notebooks()}
-    assert {'index', '00_dct', '01_attention', '02_losses', '99_compat'} <= names
+    assert {'index', '00_dct', '01_attention', '02_losses', '03_compat', '13_runs', '00_readme'} <= names
 
 
 @pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))

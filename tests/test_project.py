@@ -29,7 +29,7 @@ def test_settings_keep_papermill_tags_and_nbdev2_pins():
 
 
 def test_readme_is_generated_from_index_notebook(tmp_path):
-    from dctkd.docs import readme_markdown
+    from dctkd.tools.readme import readme_markdown
     assert readme_markdown(ROOT / 'nbs' / 'index.ipynb', ROOT) == (ROOT / 'README.md').read_text()
 
 

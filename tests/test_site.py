@@ -41,7 +41,7 @@ def _modules():
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    from dctkd.site import build_site
+    from dctkd.tools.site import build_site
     out = tmp_path_factory.mktemp('site') / '_docs'
     t0 = time.time()
     report = build_site(out, execute=EXECUTE, budget=120)
@@ -50,7 +50,7 @@ def site(tmp_path_factory):
 
 
 def test_page_names_and_sidebar():
-    from dctkd.site import page_name, read_sidebar
+    from dctkd.tools.site import page_name, read_sidebar
     assert page_name('00_dct.ipynb') == 'dct.html' and page_name('index.ipynb') == 'index.html'
     assert page_name('guides/paper_tables.ipynb') == 'guides/paper_tables.html'
     secs = read_sidebar()
@@ -167,6 +167,6 @@ def test_site_in_browser(site, artefacts, tmp_path):
 def test_site_cli_help():
     "The `dctkd_site` console script's arguments (the build itself is tested above)."
     from fastcore.script import anno_parser
-    from dctkd.site import site_cli
+    from dctkd.tools.site import site_cli
     text = anno_parser(site_cli.__wrapped__).format_help()
     for opt in ('--out', '--execute', '--budget', '--mathjax'): assert opt in text

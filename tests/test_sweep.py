@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dctkd.data import make_toy_scenes
+from dctkd.data.toy import make_toy_scenes
+from dctkd.runs import is_complete
 from dctkd.sweep import PlanError, aggregate, load_plan, mean_std, report_csv, report_markdown, run_sweep, sweep_cli, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,9 +39,9 @@ def _errors(nb_path):
 
 def test_train_evaluate_report_notebooks(toy, tmp_path, kernel_env):
     common = dict(dataset='toy', root=str(toy), out=str(tmp_path / 'runs'), **TINY)
-    _pm('train.ipynb', tmp_path / 't.ipynb', arch='resnet18', name='teacher', **common)
+    _pm('train.ipynb', tmp_path / 't.ipynb', config=dict(arch='resnet18', name='teacher', **common))
     teacher = tmp_path / 'runs' / 'toy-scenes' / 'teacher'
-    _pm('train.ipynb', tmp_path / 's.ipynb', arch='resnet18', method='dct+kd', teacher=str(teacher), name='dct-kd', **common)
+    _pm('train.ipynb', tmp_path / 's.ipynb', config=dict(arch='resnet18', method='dct+kd', teacher=str(teacher), name='dct-kd', **common))
     student = tmp_path / 'runs' / 'toy-scenes' / 'dct-kd'
     for f in (teacher, student):
         assert {'config.json', 'metrics.csv', 'summary.json'} <= {p.name for p in f.iterdir()}
@@ -84,7 +85,7 @@ runs:
     assert json.loads((out / 'sweep.json').read_text())['jobs']['t-bad/seed0']['error']
     assert 'teacher t-bad/seed0' in st['jobs']['s-bad/seed0']['error']
     s = out / 'runs' / 'toy-scenes' / 's-s0'
-    assert (s / 'done').exists() and (s / 'train.ipynb').exists() and (s / 'summary.json').exists()
+    assert is_complete(s) and (s / 'train.ipynb').exists()
     mtime = (s / 'summary.json').stat().st_mtime
     log = []
     st2 = run_sweep(str(plan), out, executor='inprocess', log=log.append)       # resumes: complete runs are not retrained
@@ -161,6 +162,6 @@ def test_shipped_plans_are_valid():
 def test_train_notebook_rejects_bad_parameters(toy, tmp_path, kernel_env, params, msg):
     import papermill as pm
     with pytest.raises(pm.PapermillExecutionError) as e:
-        _pm('train.ipynb', tmp_path / 'bad.ipynb', dataset='toy', root=str(toy), out=str(tmp_path / 'runs'), **TINY, **params)
+        _pm('train.ipynb', tmp_path / 'bad.ipynb', config=dict(dataset='toy', root=str(toy), out=str(tmp_path / 'runs'), **TINY, **params))
     assert msg in str(e.value)
     assert not (tmp_path / 'runs').exists()                # nothing was trained

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from dctkd import distillers
-from dctkd.data import make_toy_scenes
+from dctkd.data.toy import make_toy_scenes
 from dctkd import train as T
-from dctkd.train import fit, make_config, read_checkpoint
+from dctkd.config import make_config
+from dctkd.runs import read_checkpoint
+from dctkd.train import fit
 
 BASE = dict(dataset='toy', image_size=32, resize=36, batch_size=16, lr=0.05, lr_step=10, workers=0, progress=False)
 
@@ -61,7 +63,7 @@ def one_batch(tmp_path_factory):
 @pytest.mark.parametrize('method', distillers.names())
 def test_every_method_trains_finite_and_lowers_its_loss_on_a_fixed_batch(one_batch, teacher_run, tmp_path, method):
     hp = {'nce_k': 4} if method.startswith('crd') else {}
-    run = fit(make_config(**{**BASE, 'batch_size': 8, 'lr': 0.001, 'augment': False}, root=str(one_batch), out=str(tmp_path),
+    run = fit(make_config(**{**BASE, 'batch_size': 8, 'lr': 0.0001, 'augment': False}, root=str(one_batch), out=str(tmp_path),
                           method=method, teacher=str(teacher_run) if method != 'none' else '', epochs=3, hparams=hp))
     rows = _rows(run)
     terms = [k for k in rows[0] if k.startswith('train_')]

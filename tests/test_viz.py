@@ -13,13 +13,16 @@ import torch
 from PIL import Image
 
 from dctkd.attention import attention_map
-from dctkd.data import get_dataset, make_toy_scenes, render_toy_scene
+from dctkd.data.datasets import get_dataset
+from dctkd.data.toy import make_toy_scenes, render_toy_scene
 from dctkd.losses import dct_loss, dct_stage_distances
 from dctkd.models import build_model
-from dctkd.train import fit, make_config, read_checkpoint
+from dctkd.config import make_config
+from dctkd.runs import read_checkpoint
+from dctkd.train import fit
 from dctkd import viz
-from dctkd.viz import (AttentionExplorer, attention_figure, curves_figure, evaluation_figures, extract_attention,
-                       extract_cli, load_model, prepare_image, spectra_figure, stage_features, stage_loss_figure)
+from dctkd.explorer import AttentionExplorer
+from dctkd.viz import (attention_figure, curves_figure, evaluation_figures, extract_attention, extract_cli, load_model, prepare_image, spectra_figure, stage_features, stage_loss_figure)
 
 ROOT = Path(__file__).resolve().parents[1]
 
