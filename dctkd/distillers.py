@@ -31,6 +31,7 @@ class Distiller(nn.Module):
     combinable = True     # whether '<name>+kd' exists
     needs_teacher = True  # the call needs the teacher's (logits, feats)
     needs_labels = False  # `build` needs `labels=`, the training set's labels (num_train,)
+    in_paper = False      # one of the methods the paper's tables compare (reports list the others apart, "beyond the paper")
 
     @classmethod
     def pair_status(cls,
@@ -48,6 +49,9 @@ class Distiller(nn.Module):
         self.alpha = float(type(self).alpha if alpha is None else alpha)
         self.beta = float(type(self).beta if beta is None else beta)
         self.delta, self.T = float(delta), float(T)
+
+    def start_epoch(self, epoch:int, epochs:int):
+        "Called by the trainer before each epoch (0-based, of `epochs`): where an epoch-aware method sets its weights."
 
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         "The method's own (unweighted) loss."
@@ -103,6 +107,7 @@ class MethodInfo:
     order: int           # row position in tables (smaller first)
     needs_teacher: bool  # the distiller's call needs the teacher's (logits, feats)
     needs_labels: bool   # `build` needs `labels=`, the training set's labels
+    in_paper: bool       # among the methods the paper's tables compare
     cls: type            # the registered `Distiller` subclass
 
 def method(name:str) -> MethodInfo:
@@ -110,8 +115,8 @@ def method(name:str) -> MethodInfo:
     plus_kd = isinstance(name, str) and name.endswith('+kd')
     cls = _REGISTRY.get(name[:-3] if plus_kd else name)
     if cls is None or (plus_kd and not cls.combinable): raise ValueError(f"unknown distiller method {name!r}; choose one of {names()}")
-    if not plus_kd: return MethodInfo(name, cls.title, cls.order, cls.needs_teacher, cls.needs_labels, cls)
-    return MethodInfo(name, f"{cls.title} + KD", PLUS_KD_ORDER + cls.order, True, cls.needs_labels, cls)
+    if not plus_kd: return MethodInfo(name, cls.title, cls.order, cls.needs_teacher, cls.needs_labels, cls.in_paper, cls)
+    return MethodInfo(name, f"{cls.title} + KD", PLUS_KD_ORDER + cls.order, True, cls.needs_labels, cls.in_paper, cls)
 
 # %% ../nbs/05_distillers.ipynb #3ca35b36
 def _shapes(model, input_size):
@@ -157,6 +162,7 @@ def _same_c(pairs): return all(s[0] == t[0] for s, t in pairs)
 class NoDistillation(Distiller):
     "Cross-entropy only: teachers and the vanilla student baselines."
     name, title, order, combinable, needs_teacher = 'none', 'Baseline', 0, False, False
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes): return 'as is (no teacher)'
 
@@ -164,6 +170,7 @@ class NoDistillation(Distiller):
 class KD(Distiller):
     "Hinton's KD as the original's 'KD' row: 0.1·CE + 0.8·KD_4."
     name, title, order, alpha, beta, combinable = 'kd', 'KD', 90, 0.8, 0.1, False
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is' if student_classes == teacher_classes else f"cannot: student has {student_classes} classes, teacher {teacher_classes}"
@@ -173,6 +180,7 @@ class KD(Distiller):
 class DCT(Distiller):
     "The DCT-driven attention loss on the four spatial stages, with the prediction guide."
     name, title, order, alpha = 'dct', 'DCT (Ours)', 80, 1.0
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
@@ -194,6 +202,7 @@ class DCT(Distiller):
 class AT(Distiller):
     "Attention transfer on the four spatial stages; variant 'code' (the original's) or 'paper'."
     name, title, order, alpha = 'at', 'AT', 10, 1000.0
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
@@ -209,6 +218,7 @@ class AT(Distiller):
 class PKT(Distiller):
     "Probabilistic knowledge transfer on the pooled vectors."
     name, title, order, alpha = 'pkt', 'PKT', 20, 30000.0
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (batch similarities of the pooled vectors: any widths)'
@@ -235,6 +245,7 @@ class VIDRegressor(nn.Module):
 class VID(Distiller):
     "Variational information distillation on stages a1–a3 (option: all four)."
     name, title, order, alpha = 'vid', 'VID', 30, 1.0
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
@@ -309,6 +320,7 @@ def nce_loss(x:torch.Tensor, # (B, K+1) scores, the positive first
 class CRD(Distiller):
     "Contrastive representation distillation on the pooled vectors, with a memory bank over the training set."
     name, title, order, alpha, needs_labels = 'crd', 'CRD', 40, 0.8, True
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (own embeddings of the pooled vectors)'
@@ -347,6 +359,7 @@ def _semckd_regressor(s_ch, t_ch):
 class SemCKD(Distiller):
     "Semantic calibration for cross-layer KD on stages a1–a3 of both networks."
     name, title, order, alpha = 'semckd', 'CKD', 50, 400.0
+    in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (its regressors and pooling are built in)'

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['PLAN_KEYS', 'RUN_KEYS', 'SHORT', 'PlanError', 'load_plan', 'train_notebook', 'plan_jobs', 'run_sweep', 'sweep_cli',
-           'row_title', 'row_order', 'mean_std', 'pair_label', 'aggregate', 'protocol_text', 'report_markdown',
-           'report_csv', 'report_figure', 'expected_from_plan', 'write_report', 'report_cli']
+           'row_title', 'in_paper', 'row_order', 'mean_std', 'pair_label', 'aggregate', 'protocol_text',
+           'report_markdown', 'report_csv', 'report_figure', 'expected_from_plan', 'write_report', 'report_cli']
 
 # %% ../nbs/18_sweep.ipynb #7663e490
 import argparse
@@ -208,6 +208,12 @@ def row_title(row:str) -> str:
     try: return distillers.method(row).title
     except ValueError: return row
 
+def in_paper(row:str) -> bool:
+    "Whether a row is one of the paper's (the teacher, or a method the paper's tables compare); the others are reported apart."
+    if row == 'teacher': return True
+    try: return distillers.method(row).in_paper
+    except ValueError: return False
+
 def row_order(row:str) -> tuple:
     "Where a row goes in the table: the teacher first, then the registry's order."
     if row == 'teacher': return (-1, row)
@@ -279,18 +285,21 @@ def _expected(agg, m, c):
     return e.get(c) if isinstance(e, dict) else e
 
 def report_markdown(agg, which=('best', 'last')) -> str:
-    "The aggregated table in Markdown (one table per `which`) with the protocol under it."
+    "The aggregated table in Markdown (one table per `which`; methods beyond the paper in a table of their own) with the protocol under it."
     out = []
     has_exp = bool(agg['expected'])
+    groups = [('', [m for m in agg['rows'] if in_paper(m)]), ('beyond the paper, ', [m for m in agg['rows'] if not in_paper(m)])]
     for w in which:
-        out += [f"**{w} epoch**", '', '| Method | ' + ' | '.join(agg['columns']) + ' |', '|---|' + '---:|' * len(agg['columns'])]
-        for m in agg['rows']:
-            cells = []
-            for c in agg['columns']:
-                t = _fmt(agg['cells'][(m, c)][w]); e = _expected(agg, m, c)
-                cells.append(t + (f" (paper {e:.2f})" if has_exp and e is not None else ''))
-            out.append(f"| {row_title(m)} | " + ' | '.join(cells) + ' |')
-        out.append('')
+        for label, rows in groups:
+            if not rows: continue
+            out += [f"**{label}{w} epoch**", '', '| Method | ' + ' | '.join(agg['columns']) + ' |', '|---|' + '---:|' * len(agg['columns'])]
+            for m in rows:
+                cells = []
+                for c in agg['columns']:
+                    t = _fmt(agg['cells'][(m, c)][w]); e = _expected(agg, m, c)
+                    cells.append(t + (f" (paper {e:.2f})" if has_exp and e is not None else ''))
+                out.append(f"| {row_title(m)} | " + ' | '.join(cells) + ' |')
+            out.append('')
     return '\n'.join(out + [protocol_text(agg)]) + '\n'
 
 def report_csv(agg) -> str:

@@ -149,6 +149,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
 
         for epoch in range(start, cfg.epochs):
             seed_everything(epoch_seed(cfg.seed, epoch))
+            trainee.distiller.start_epoch(epoch, cfg.epochs)   # epoch-aware methods (e.g. a warm-up) set their weights
             t0 = time.time()
             train_terms = _train_epoch(model, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
             if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers

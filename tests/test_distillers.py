@@ -872,7 +872,7 @@ def test_a_registered_class_appears_everywhere_and_unregister_removes_it():
             return (1 - F.cosine_similarity(self.proj(s_feats[-1]), t_feats[-1].detach(), dim=1)).mean()
     try:
         assert names()[-2:] == ['test-cos', 'test-cos+kd']
-        assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 65, True, False, Cos)
+        assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 65, True, False, False, Cos)
         assert (method('test-cos+kd').title, method('test-cos+kd').order) == ('Cos (test) + KD', PLUS_KD_ORDER + 65)
         order = sorted(names(), key=lambda n: method(n).order)
         assert order.index('test-cos') == order.index('reviewkd') + 1 and order.index('test-cos+kd') == order.index('reviewkd+kd') + 1

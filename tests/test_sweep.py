@@ -120,6 +120,11 @@ def test_aggregate_mean_and_sample_std(tmp_path):
     assert agg['cells'][('none', 'T R50 → S MobileNetV2')]['best'][2] == 0                # no MobileNetV2 baseline
     md = report_markdown(agg)
     assert '| DCT (Ours) | 63.00 ± 3.61 (paper 56.32) | — |' in md and '**last epoch**' in md and 'ddof=1' in md
+    assert 'beyond the paper' not in md
+    _fake(tmp_path, 'rev-0', 'resnet18', 'reviewkd', t[0], 61, 60, 0)        # not one of the paper's methods: a table apart
+    md = report_markdown(aggregate(tmp_path), which=('last',))
+    paper, beyond = md.split('**beyond the paper, last epoch**')
+    assert '| DCT (Ours) |' in paper and '| ReviewKD |' not in paper and '| ReviewKD | 60.00 | — |' in beyond
     assert 'dct,"DCT (Ours)","T R50 → S R18",63.0000,3.6056,3,60.0000,2.6458,3,56.32' in report_csv(agg)
     assert mean_std([5.0])[2] == 1 and math.isnan(mean_std([5.0])[1])
     paths = write_report(agg, tmp_path / 'rep')
