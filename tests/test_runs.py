@@ -78,16 +78,15 @@ def _state(run):
 
 
 def test_kill_at_any_instant_then_resume_is_bitwise_equal(toy, teacher, tmp_path):
-    cfg = dict(TINY, root=str(toy), arch='mobilenet_v2', method='dct+kd', teacher=str(teacher), epochs=3)
+    cfg = dict(TINY, root=str(toy), arch='mobilenet_v2', method='dct+kd', teacher=str(teacher), epochs=2)
     ref = fit(**cfg, out=str(tmp_path / 'ref'), name='r')
     want = _state(ref)
     top1 = [r['val_top1'] for r in want[3]]
-    last_best = max(e for e in range(3) if top1[e] > max(top1[:e], default=-1))   # the epoch of the final best.pt write
+    last_best = max(e for e in range(2) if top1[e] > max(top1[:e], default=-1))   # the epoch of the final best.pt write
     rng = random.Random(0)
     cases = [('write:latest.pt:0', None),                  # before the first epoch was committed: restarts at epoch 1
              (f'write:best.pt:{last_best}', None),         # during the final best.pt write
-             ('write:latest.pt:2', None),                  # during the final latest.pt write (best.pt may be newer)
-             ('none', rng.uniform(0.5, 3.0)), ('none', rng.uniform(3.0, 6.0))]   # anywhere
+             ('none', rng.uniform(0.5, 2.5)), ('none', rng.uniform(1.5, 3.5))]   # anywhere
     for i, (when, delay) in enumerate(cases):
         out = tmp_path / f'k{i}'
         rc = _kill_run(dict(cfg, out=str(out), name='r'), when, delay)
