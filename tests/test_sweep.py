@@ -170,3 +170,10 @@ def test_train_notebook_rejects_bad_parameters(toy, tmp_path, kernel_env, params
         _pm('train.ipynb', tmp_path / 'bad.ipynb', config=dict(dataset='toy', root=str(toy), out=str(tmp_path / 'runs'), **TINY, **params))
     assert msg in str(e.value)
     assert not (tmp_path / 'runs').exists()                # nothing was trained
+
+
+def test_train_notebook_rejects_an_undeclared_parameter(tmp_path, kernel_env):
+    import papermill as pm
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        _pm('train.ipynb', tmp_path / 'bad.ipynb', epoch=3, config=dict(dataset='toy', out=str(tmp_path / 'runs')))
+    assert "unknown parameter(s) ['epoch']" in str(e.value) and not (tmp_path / 'runs').exists()
