@@ -4,7 +4,8 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields', 'make_config',
-           'parse_overrides', 'check_name', 'check_config', 'given_keys', 'resume_config', 'dataset_dir', 'open_split']
+           'parse_overrides', 'check_name', 'check_config', 'given_keys', 'resume_config', 'dataset_dir', 'open_split',
+           'method_hparams']
 
 # %% ../nbs/11_config.ipynb #248c82ac
 import dataclasses
@@ -225,3 +226,10 @@ def open_split(cfg,                 # a `TrainConfig` or its dict (a run's confi
         name = 'mit67'
     return get_dataset(name, root, split, mode, size=c['image_size'], resize=None if c['resize'] < 0 else c['resize'],
                        norm=c['norm'], cache=c.get('cache', False) if cache is None else cache, progress=progress)
+
+# %% ../nbs/11_config.ipynb #387c0e2a
+def method_hparams(cfg) -> dict:
+    "Every hyper-parameter the distiller of `cfg` (a `TrainConfig` or its dict) is built with."
+    c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    weights = {k: c[k] for k in ('alpha', 'beta', 'delta') if c.get(k, -1) >= 0}
+    return distillers.method_hparams(c['method'], c.get('recipe', 'dctkd'), {**weights, 'T': c.get('T', 4.0), **(c.get('hparams') or {})})

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['VARIANTS', 'attention_spectrum', 'dct_stage_distances', 'prediction_guide', 'dct_loss', 'DCTLoss', 'kd_loss',
-           'at_vector', 'at_loss', 'pkt_loss']
+           'at_vector', 'at_loss', 'pkt_loss', 'dkd_loss', 'dist_loss', 'ls_kd_loss']
 
 # %% ../nbs/02_losses.ipynb #041f230f
 from collections.abc import Sequence
@@ -184,3 +184,80 @@ def pkt_loss(student_vec:torch.Tensor, teacher_vec:torch.Tensor, eps:float=1e-7)
     dt = compute_dtype(student_vec.dtype)
     ps, pt = _pkt_probs(student_vec.to(dt), eps), _pkt_probs(teacher_vec.detach().to(dt), eps)
     return (pt * torch.log((pt + eps) / (ps + eps))).mean()
+
+# %% ../nbs/02_losses.ipynb #052df0b3
+def _non_target(z, targets):
+    "The logits of every class but the target, (B, C-1), in class order (a gather: no host sync on GPU)."
+    idx = torch.arange(z.shape[1] - 1, device=z.device)[None]
+    return z.gather(1, idx + (idx >= targets[:, None]))
+
+def _dkd_log_parts(z, targets):
+    "log b = (log p_t, log(1 - p_t)) and log p̂ (the log-softmax over the non-target classes) from scaled logits z."
+    lse = torch.logsumexp(z, 1, keepdim=True)
+    nt = _non_target(z, targets)
+    lse_nt = torch.logsumexp(nt, 1, keepdim=True)
+    return torch.cat([z.gather(1, targets[:, None]) - lse, lse_nt - lse], 1), nt - lse_nt
+
+def dkd_loss(student_logits:torch.Tensor, # (B, classes)
+             teacher_logits:torch.Tensor, # (B, classes); no gradient flows to it
+             targets:torch.Tensor,        # (B,) class indices
+             alpha:float=1.0,             # weight of TCKD, the target-vs-rest part
+             beta:float=8.0,              # weight of NCKD, the part among the non-target classes
+             T:float=4.0,                 # temperature
+            ) -> torch.Tensor:
+    "Decoupled KD: α·T²·KL(b_T ‖ b_S) + β·T²·KL(p̂_T ‖ p̂_S), b = (p_t, 1 - p_t), p̂ = softmax over the non-target classes; batch mean."
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"dkd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    B, C = student_logits.shape
+    if C < 2: raise ValueError("dkd_loss: needs at least 2 classes")
+    if targets.shape != (B,): raise ValueError(f"dkd_loss: targets must be ({B},), got {tuple(targets.shape)}")
+    dt = compute_dtype(student_logits.dtype)
+    bs, ps = _dkd_log_parts(student_logits.to(dt) / T, targets)
+    bt, pt = _dkd_log_parts(teacher_logits.detach().to(dt) / T, targets)
+    tckd = F.kl_div(bs, bt, log_target=True, reduction='sum')
+    nckd = F.kl_div(ps, pt, log_target=True, reduction='sum')
+    return (alpha * tckd + beta * nckd) * (T * T) / B
+
+# %% ../nbs/02_losses.ipynb #35af081a
+def _pearson_rows(a, b, eps=0.):
+    "Pearson correlation of each row of a with the same row of b; 0 for a constant row; `eps` as the official DIST code adds it."
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    num, den = (a * b).sum(1), a.norm(dim=1) * b.norm(dim=1) + eps
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den))
+
+def dist_loss(student_logits:torch.Tensor, # (B, classes)
+              teacher_logits:torch.Tensor, # (B, classes); no gradient flows to it
+              beta:float=1.0,              # weight of the inter-class relation (per sample, over classes)
+              gamma:float=1.0,             # weight of the intra-class relation (per class, over the batch)
+              T:float=1.0,                 # temperature
+              *,
+              eps:float=0.,                # added to the product of the norms in ρ: 1e-8 reproduces the official code
+             ) -> torch.Tensor:
+    "DIST: T²·(β·(1 - mean_b ρ(Y_S[b], Y_T[b])) + γ·(1 - mean_c ρ(Y_S[:, c], Y_T[:, c]))), Y = softmax(z/T), ρ Pearson."
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"dist_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    dt = compute_dtype(student_logits.dtype)
+    ys = F.softmax(student_logits.to(dt) / T, 1)
+    yt = F.softmax(teacher_logits.detach().to(dt) / T, 1)
+    inter = 1 - _pearson_rows(ys, yt, eps).mean()
+    intra = 1 - _pearson_rows(ys.T, yt.T, eps).mean()
+    return (T * T) * (beta * inter + gamma * intra)
+
+# %% ../nbs/02_losses.ipynb #beb3714b
+def _zscore(z, eps=1e-7):
+    "Logit standardisation: (z - mean) / (std + ε) over the classes, std with Bessel's correction."
+    return (z - z.mean(1, keepdim=True)) / (z.std(1, keepdim=True) + eps)
+
+def ls_kd_loss(student_logits:torch.Tensor, # (B, classes)
+               teacher_logits:torch.Tensor, # (B, classes); no gradient flows to it
+               T:float=2.0,                 # temperature, applied to the z-scores
+              ) -> torch.Tensor:
+    "KD on z-scored logits: KD_T((z_S - mean)/(std + 1e-7), (z_T - mean)/(std + 1e-7)), std over classes with Bessel's correction."
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"ls_kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    dt = compute_dtype(student_logits.dtype)
+    return kd_loss(_zscore(student_logits.to(dt)), _zscore(teacher_logits.detach().to(dt)), T)

@@ -235,36 +235,55 @@ def _teacher_folder(t):
 
 def pair_label(teacher_arch, arch): return f"T {SHORT.get(teacher_arch, teacher_arch)} → S {SHORT.get(arch, arch)}"
 
-def aggregate(runs_root, metric='val_top1', expected=None) -> dict:
+def _plan_labels(plan) -> dict:
+    "Run folder name -> (row, column, position) for the plan runs that set `row:` or `column:` (ablations lay their table out so)."
+    out = {}
+    for i, r in enumerate(plan['runs'] if plan else []):
+        if 'row' in r or 'column' in r:
+            for s in r['seeds']: out[f"{r['name']}-s{s}"] = (r.get('row'), r.get('column'), i)
+    return out
+
+def aggregate(runs_root, metric='val_top1', expected=None,
+              plan=None, # a plan (path or `load_plan` dict) whose runs set `row:` / `column:` labels
+             ) -> dict:
     "Collect the run folders under `runs_root` (a folder or a list of them) into the paper's layout."
     roots = [runs_root] if isinstance(runs_root, (str, Path)) else list(runs_root)
     runs = [r for root in roots for r in find_runs(root)]
     if not runs: raise FileNotFoundError(f"no run folders (summary.json + config.json) under {roots}")
+    labels = _plan_labels(plan if plan is None or (isinstance(plan, dict) and 'source' in plan) else load_plan(plan))
     by_folder = {r['folder'].resolve(): r for r in runs}
     arch_of = lambda t: (by_folder.get(_teacher_folder(t).resolve()) or {}).get('cfg', {}).get('arch') or \
         (json.loads((_teacher_folder(t) / 'config.json').read_text())['arch'] if (_teacher_folder(t) / 'config.json').exists() else '?')
     teachers = {_teacher_folder(r['cfg']['teacher']).resolve() for r in runs if r['cfg'].get('teacher')}
     cols, vals = [], {}
+    def row_col(r):
+        "The (row, column) of a distilled student: its method and pair, or the plan's labels."
+        row, col, _ = labels.get(r['folder'].name, (None, None, 0))
+        return row or r['cfg']['method'], col or pair_label(arch_of(r['cfg']['teacher']), r['cfg']['arch'])
     for r in runs:
         if r['cfg'].get('teacher'):
-            c = pair_label(arch_of(r['cfg']['teacher']), r['cfg']['arch'])
+            c = row_col(r)[1]
             if c not in cols: cols.append(c)
     def add(row, col, r):
         for w in ('best', 'last'): vals.setdefault((row, col, w), []).append(float(r['summary'][w][metric]))
     for r in runs:
         cfg, is_t = r['cfg'], r['folder'].resolve() in teachers
-        if cfg.get('teacher'): add(cfg['method'], pair_label(arch_of(cfg['teacher']), cfg['arch']), r); continue
+        if cfg.get('teacher'): add(*row_col(r), r); continue
         for c in cols:
             ta, sa = c[2:].split(' → S ')
             if is_t and SHORT.get(cfg['arch'], cfg['arch']) == ta: add('teacher', c, r)
             if not is_t and SHORT.get(cfg['arch'], cfg['arch']) == sa: add('none', c, r)
         if not cols: add('teacher' if is_t else 'none', SHORT.get(cfg['arch'], cfg['arch']), r)
     if not cols: cols = list(dict.fromkeys(k[1] for k in vals))
-    rows = sorted({k[0] for k in vals}, key=row_order)
+    position = {row: (10_000 + i, row) for row, _, i in labels.values() if row}
+    rows = sorted({k[0] for k in vals}, key=lambda m: position.get(m) or row_order(m))
     cells = {(m, c): {w: mean_std(vals.get((m, c, w), [])) for w in ('best', 'last')} for m in rows for c in cols}
+    every = lambda key, default=None: sorted({str(r['cfg'].get(key, default)) for r in runs})
     proto = {'datasets': sorted({r['cfg']['dataset'] for r in runs}), 'split': sorted({r['cfg'].get('val_split', 'val') for r in runs}),
              'epochs': sorted({r['summary'].get('epochs', len([])) for r in runs}), 'metric': metric,
-             'seeds': sorted({r['cfg'].get('seed') for r in runs}), 'n_runs': len(runs)}
+             'seeds': sorted({r['cfg'].get('seed') for r in runs}), 'n_runs': len(runs),
+             'recipes': every('recipe', 'dctkd'), 'norms': every('norm', 'imagenet'), 'amp': every('amp', 'auto'),
+             'methods': {m: _method_settings(m, [r['cfg'] for r in runs if r['cfg']['method'] == m]) for m in every('method')}}
     return {'rows': rows, 'columns': cols, 'cells': cells, 'expected': expected or {}, 'protocol': proto}
 
 def _fmt(ms, digits=2):
@@ -272,13 +291,29 @@ def _fmt(ms, digits=2):
     if n == 0: return '—'
     return f"{m:.{digits}f}" + (f" ± {s:.{digits}f}" if n > 1 else '')
 
+def _method_settings(m, cfgs) -> str:
+    "What the runs of method `m` were trained with: recipe and every hyper-parameter (the method's defaults resolved)."
+    out = []
+    for c in cfgs:
+        try: hp = distillers.method_hparams(m, c.get('recipe', 'dctkd'), c.get('hparams') or {})
+        except (ValueError, TypeError): hp = dict(c.get('hparams') or {})
+        s = f"{c.get('recipe', 'dctkd')}: " + ', '.join(f"{k}={v}" for k, v in sorted(hp.items()))
+        if s not in out: out.append(s)
+    return '; '.join(out)
+
 def protocol_text(agg) -> str:
     p = agg['protocol']
-    return (f"Protocol: dataset {', '.join(p['datasets'])}; {p['metric']} (%) on the {', '.join(p['split'])} split; "
-            f"epochs {', '.join(map(str, p['epochs']))}; seeds {', '.join(map(str, p['seeds']))} ({p['n_runs']} runs). "
-            "Cells: mean ± sample std (ddof=1) over seeds, n in brackets when it differs between cells. "
-            "'best' = the epoch with the highest val_top1, chosen on the same split (optimistic); "
-            "'last' = the final epoch. Teacher row: the teachers of that column's architecture; Baseline: students trained from scratch.")
+    precision = {'off': 'fp32', 'auto': 'bf16 autocast on CUDA (fp32 on CPU)', 'bf16': 'bf16 autocast', 'fp16': 'fp16 autocast'}
+    lines = [f"Protocol: dataset {', '.join(p['datasets'])}; {p['metric']} (%) on the {', '.join(p['split'])} split; "
+             f"epochs {', '.join(map(str, p['epochs']))}; seeds {', '.join(map(str, p['seeds']))} ({p['n_runs']} runs). "
+             "Cells: mean ± sample std (ddof=1) over seeds, n in brackets when it differs between cells. "
+             "'best' = the epoch with the highest val_top1, chosen on the same split (optimistic); "
+             "'last' = the final epoch. Teacher row: the teachers of that column's architecture; Baseline: students trained from scratch."]
+    if 'recipes' in p:
+        lines += ['', f"Recipe: {', '.join(p['recipes'])}; input normalisation: {', '.join(p['norms'])}; "
+                      f"precision: {', '.join(precision.get(a, a) for a in p['amp'])}.", '']
+        lines += [f"- {row_title(m)}: {s}" for m, s in p['methods'].items() if s]
+    return '\n'.join(lines)
 
 def _expected(agg, m, c):
     e = agg['expected'].get(m)
@@ -363,10 +398,12 @@ def report_cli(argv=None):
     "Entry point of `dctkd_report RUNS_ROOT... [--plan] [--out]`."
     ap = argparse.ArgumentParser(prog='dctkd_report', description="Collect run folders into the paper's table (mean ± std over seeds).")
     ap.add_argument('runs_root', nargs='+', help='folders holding run folders (searched recursively)')
-    ap.add_argument('--plan', default=None, help="plan YAML whose expected: values (the paper's) are shown alongside")
+    ap.add_argument('--plan', default=None, help="plan YAML: its expected: values (the paper's) are shown alongside, its row:/column: labels lay out ablations")
     ap.add_argument('--out', default=None, help='write report.md/.csv/.png here (default: print only)')
     args = ap.parse_args(argv)
-    try: agg = aggregate(args.runs_root, expected=expected_from_plan(args.plan) if args.plan else None)
+    try:
+        plan = load_plan(args.plan) if args.plan else None
+        agg = aggregate(args.runs_root, expected=expected_from_plan(plan) if plan else None, plan=plan)
     except (FileNotFoundError, PlanError) as e: ap.error(str(e))
     print(report_markdown(agg))
     if args.out: print(f"written: {', '.join(map(str, write_report(agg, args.out).values()))}")

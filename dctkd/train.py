@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distillers
-from .config import TrainConfig, given_keys, make_config, open_split, resume_config
+from .config import TrainConfig, given_keys, make_config, method_hparams, open_split, resume_config
 from .data.cache import make_loader
 from .distributed import Dist, ShardSampler, all_reduce_sum, epoch_seed, rng_state, seed_everything, setup_distributed, sync_batchnorm
 from .evaluate import Metrics
@@ -108,10 +108,9 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     seed_everything(cfg.seed)
     teacher = load_teacher(cfg.teacher, classes, d.device) if cfg.teacher else None
     student = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained or None)
-    weights = {k: getattr(cfg, k) for k in ('alpha', 'beta', 'delta') if getattr(cfg, k) >= 0}
-    hp = dict(cfg.hparams)
-    if distillers.method(cfg.method).needs_labels: hp.setdefault('labels', torch.tensor(train_ds.targets))
-    distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), T=cfg.T, **weights, **hp)
+    hp = method_hparams(cfg)                          # the class's defaults, the recipe's, then the config's
+    if distillers.method(cfg.method).needs_labels: hp['labels'] = torch.tensor(train_ds.targets)
+    distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), **hp)
     trainee = Trainee(student, distiller).to(d.device)
     if (d.world > 1 and cfg.sync_bn != 'off') or cfg.sync_bn == 'on':
         if d.device.type == 'cuda': trainee = nn.SyncBatchNorm.convert_sync_batchnorm(trainee)   # PyTorch's fused kernels

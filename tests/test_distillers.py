@@ -1,5 +1,6 @@
 """dctkd.distillers and the baseline losses (KD, AT, PKT): hand references written from the equations of
-original-method.md §2 and §1.8, properties of every registered method, and every method on the paper's pairs."""
+original-method.md §2 and §1.8, properties of every registered method, and every method on the paper's pairs; the
+methods beyond the paper (FitNet, CAT-KD, DKD, DIST, LS-KD) against hand computations of their equations."""
 import dataclasses
 import gc
 import re
@@ -11,9 +12,9 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from dctkd.distillers import (PLUS_KD_ORDER, Distiller, MethodInfo, build, check_pair, hcl_loss, method, names, nce_loss,
-                              register, unregister)
-from dctkd.losses import at_loss, at_vector, kd_loss, pkt_loss
+from dctkd.distillers import (PLUS_KD_ORDER, Distiller, MethodInfo, build, check_pair, class_activation_maps, hcl_loss,
+                              hint_regressor, method, names, nce_loss, register, unregister)
+from dctkd.losses import at_loss, at_vector, dist_loss, dkd_loss, kd_loss, ls_kd_loss, pkt_loss
 from dctkd.models import FrozenTeacher, build_model
 import torchvision  # noqa: F401,E402  (after dctkd: its compat guard)
 
@@ -22,14 +23,17 @@ S_SHAPES = [(4, 8, 8), (6, 4, 4), (8, 2, 2), (8, 1, 1), (8,)]
 T_SHAPES = [(5, 8, 8), (7, 4, 4), (9, 2, 2), (9, 1, 1), (9,)]
 INDEX = torch.tensor([0, 3, 6, 9])
 # the original's weights (original-method.md §2 table, §8 Q4)
-ALPHA = {'kd': 0.8, 'dct': 1.0, 'at': 1000.0, 'pkt': 30000.0, 'vid': 1.0, 'crd': 0.8, 'semckd': 400.0, 'reviewkd': 1.0}
+ALPHA = {'kd': 0.8, 'dct': 1.0, 'at': 1000.0, 'pkt': 30000.0, 'vid': 1.0, 'crd': 0.8, 'semckd': 400.0, 'reviewkd': 1.0,
+         'fitnet': 100.0, 'catkd': 10.0, 'dkd': 1.0, 'dist': 1.0, 'lskd': 9.0}          # beyond the paper: their official code's
 # which of (logits, a0, a1, a2, a3, a4) each method's own term reads from the student
 USES = {'kd': (0,), 'dct': (1, 2, 3, 4), 'at': (1, 2, 3, 4), 'pkt': (5,), 'vid': (2, 3, 4), 'crd': (5,),
-        'semckd': (2, 3, 4), 'reviewkd': (1, 2, 3, 4, 5)}
-HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC), 'semckd': dict(batch_size=B, factor=2)}   # B // 4 = 1 would make
-# SemCKD's query/key embeddings 1-dimensional: normalised to ±1, with zero gradient
+        'semckd': (2, 3, 4), 'reviewkd': (1, 2, 3, 4, 5), 'fitnet': (3,), 'catkd': (3,), 'dkd': (0,), 'dist': (0,), 'lskd': (0,)}
+HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC), 'semckd': dict(batch_size=B, factor=2),   # B // 4 = 1 would make
+      # SemCKD's query/key embeddings 1-dimensional: normalised to ±1, with zero gradient
+      # CAT-KD built from shapes: the classifiers given; a2 (2×2) as its stage, as a normalised 1×1 CAM (a3) is constant
+      'catkd': dict(student_head=torch.nn.Linear(8, NC), teacher_head=torch.nn.Linear(9, NC), stage=2)}
 EXPECTED_NAMES = {'none', 'kd', 'dct', 'dct+kd', 'at', 'at+kd', 'pkt', 'pkt+kd', 'vid', 'vid+kd', 'crd', 'crd+kd',
-                  'semckd', 'semckd+kd', 'reviewkd', 'reviewkd+kd'}
+                  'semckd', 'semckd+kd', 'reviewkd', 'reviewkd+kd', 'fitnet', 'fitnet+kd', 'catkd', 'catkd+kd', 'dkd', 'dist', 'lskd'}
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -646,6 +650,187 @@ def test_reviewkd_runs_differentiable_and_maps_to_teacher_shapes():
     assert all(f.grad is not None for f in so[1]) and all(f.grad is None for f in to[1])
 
 
+# ---- beyond the paper: FitNet, CAT-KD, DKD, DIST, LS-KD ------------------------------------------------------------
+@pytest.mark.parametrize('s, t, kind, kernel', [
+    ((4, 4, 4), (6, 4, 4), 'Conv2d', (1, 1)),               # same size: every paper pair
+    ((4, 8, 8), (6, 4, 4), 'Conv2d', (3, 3)),               # twice the teacher's: 3×3, stride 2
+    ((4, 4, 4), (6, 8, 8), 'ConvTranspose2d', (4, 4)),      # half: 4×4 transposed, stride 2
+    ((4, 6, 5), (6, 4, 4), 'Conv2d', (3, 2)),               # otherwise larger: (1 + ΔH) × (1 + ΔW), as in the paper
+])
+def test_fitnet_regressor_maps_the_student_stage_onto_the_teachers(s, t, kind, kernel):
+    r = hint_regressor(s, t)
+    assert type(r[0]).__name__ == kind and r[0].kernel_size == kernel
+    assert isinstance(r[1], torch.nn.BatchNorm2d) and isinstance(r[2], torch.nn.ReLU)
+    assert r(torch.randn(2, *s)).shape == (2, *t)
+
+
+def test_fitnet_regressor_refuses_a_smaller_student_map():
+    with pytest.raises(ValueError, match='smaller than the teacher'): hint_regressor((4, 3, 3), (6, 8, 8))
+    assert build('fitnet', S_SHAPES, T_SHAPES, 32).s_stage == 2                      # a2 by default, both networks
+    assert 'cannot' in method('fitnet').cls.pair_status([(4, 2, 2)] * 3 + [(4, 1, 1), (4,)], [(4, 8, 8)] * 4 + [(4,)], NC, NC)
+
+
+def test_fitnet_matches_hand_formula():
+    "100 · mean (ReLU(BN_train(W f + b)) − f_T)² at a2, BN with batch statistics (biased variance, ε = 1e-5)."
+    torch.manual_seed(0)
+    d = build('fitnet', S_SHAPES, T_SHAPES, 32).double().train()
+    with torch.no_grad():
+        d.regressor[1].weight.uniform_(0.5, 1.5); d.regressor[1].bias.uniform_(-0.5, 0.5)
+    so, to = _make(S_SHAPES, 0, dtype=torch.float64), _make(T_SHAPES, 1, dtype=torch.float64)
+    f, ft = _np(so[1][2]), _np(to[1][2])
+    W, b = _np(d.regressor[0].weight)[:, :, 0, 0], _np(d.regressor[0].bias)
+    g, beta = _np(d.regressor[1].weight), _np(d.regressor[1].bias)
+    n, _, h, w = f.shape
+    y = np.zeros((n, W.shape[0], h, w))
+    for o in range(W.shape[0]):
+        for c in range(W.shape[1]): y[:, o] += W[o, c] * f[:, c]
+        y[:, o] += b[o]
+        m, v = y[:, o].mean(), ((y[:, o] - y[:, o].mean()) ** 2).mean()
+        y[:, o] = np.maximum(g[o] * (y[:, o] - m) / np.sqrt(v + 1e-5) + beta[o], 0)
+    ref = 100 * ((y - ft) ** 2).mean()
+    out = d(so, to, torch.tensor([0, 1, 2, 3]))['fitnet']
+    assert ref > 0 and abs(out.item() - ref) < 1e-10 * ref
+
+
+def test_fitnet_two_stage_variant_switches_the_weights_per_epoch():
+    so, to, y = _make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3])
+    d = build('fitnet+kd', S_SHAPES, T_SHAPES, 32, hint_epochs=3)
+    assert (d.alpha, d.beta, d.delta) == (100.0, 0.1, 1.0)                        # before any epoch: as configured
+    hint = d(so, to, y)['fitnet'].item()
+    for e in (0, 2):
+        d.start_epoch(e, 10)
+        terms = d(so, to, y)
+        assert terms['ce'].item() == 0 and terms['kd'].item() == 0 and _close(terms['fitnet'], hint, rtol=1e-6)
+    for e in (3, 9):
+        d.start_epoch(e, 10)
+        terms = d(so, to, y)
+        assert terms['fitnet'].item() == 0 and _close(terms['ce'], 0.1 * _ce_ref(so[0], y), rtol=1e-6)
+        assert _close(terms['kd'], _kd_ref(so[0], to[0], 4.0), rtol=2e-5)
+    one = build('fitnet', S_SHAPES, T_SHAPES, 32)                                  # the default: one stage, untouched
+    one.start_epoch(0, 10)
+    assert (one.alpha, one.beta, one.delta) == (100.0, 1.0, 0.0)
+
+
+def test_extra_parameters_of_the_methods_beyond_the_paper_on_the_paper_pairs():
+    "FitNet: a 1×1 conv (with bias) + BN from the student's a2 to the teacher's; CAT-KD and the logit methods: none."
+    expected = {('resnet50', 'resnet18'): (256, 1024), ('resnet50', 'mobilenet_v2'): (96, 1024)}   # R152 → R34: as R50 → R18
+    with torch.device('meta'):
+        for (t_arch, s_arch), (cs, ct) in expected.items():
+            s_net, t_net = build_model(s_arch, 67), build_model(t_arch, 67)
+            count = {n: sum(p.numel() for p in build(n, s_net, t_net, 224).parameters()) for n in ('fitnet', 'catkd', 'dkd', 'dist', 'lskd')}
+            assert count == {'fitnet': cs * ct + ct + 2 * ct, 'catkd': 0, 'dkd': 0, 'dist': 0, 'lskd': 0}, (t_arch, s_arch)
+    assert cs * ct + 3 * ct == 101376 and 256 * 1024 + 3 * 1024 == 265216
+
+
+CAT_S = [(2, 8, 8), (3, 4, 4), (4, 4, 4), (6, 4, 4), (6,)]
+CAT_T = [(2, 8, 8), (3, 8, 8), (4, 8, 8), (7, 8, 8), (7,)]        # the teacher's a3 is larger: both pooled to the CAM size
+
+
+def _cat_heads(seed):
+    g = torch.Generator().manual_seed(seed)
+    hs, ht = torch.nn.Linear(6, NC).double(), torch.nn.Linear(7, NC).double()
+    with torch.no_grad():
+        for p in (*hs.parameters(), *ht.parameters()): p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return hs, ht
+
+
+def _cat_ref(fs, ft, Ws, Wt, size, normalize):
+    "CAMs at full resolution (Σ_c W[k, c] F_c, loops), then block-mean pooled to size × size, L2-normalised per map, MSE."
+    maps = []
+    for f, W in ((_np(fs), _np(Ws)), (_np(ft), _np(Wt))):
+        n, C, H, Wd = f.shape
+        cam = np.zeros((n, W.shape[0], H, Wd))
+        for k in range(W.shape[0]):
+            for c in range(C): cam[:, k] += W[k, c] * f[:, c]
+        cam = _block_pool(cam, size, size)
+        if normalize: cam = cam / np.sqrt((cam ** 2).sum((2, 3), keepdims=True))
+        maps.append(cam)
+    return ((maps[0] - maps[1]) ** 2).mean()
+
+
+@pytest.mark.parametrize('kw, alpha', [({}, 10.0), (dict(alpha=0.5, cam_size=4, normalize=False), 0.5)])   # R50→MV2 / R34→R18 configs
+def test_catkd_matches_hand_formula(kw, alpha):
+    hs, ht = _cat_heads(0)
+    d = build('catkd', CAT_S, CAT_T, 32, student_head=hs, teacher_head=ht, **kw)
+    so, to = _make(CAT_S, 0, dtype=torch.float64), _make(CAT_T, 1, dtype=torch.float64)
+    ref = alpha * _cat_ref(so[1][3], to[1][3], hs.weight, ht.weight, kw.get('cam_size', 2), kw.get('normalize', True))
+    out = d(so, to, torch.tensor([0, 1, 2, 3]))['catkd']
+    assert ref > 0 and abs(out.item() - ref) < 1e-10 * ref and d.alpha == alpha
+
+
+def test_catkd_gradients_reach_the_student_and_its_classifier_never_the_teacher():
+    hs, ht = _cat_heads(1)
+    d = build('catkd', CAT_S, CAT_T, 32, student_head=hs, teacher_head=ht)
+    so, to = _make(CAT_S, 0, dtype=torch.float64, grad=True), _make(CAT_T, 1, dtype=torch.float64, grad=True)
+    out = d(so, to, torch.tensor([0, 1, 2, 3]))['catkd']
+    out.backward()
+    assert torch.isfinite(out) and out > 0
+    assert so[1][3].grad is not None and so[1][3].grad.abs().sum() > 0 and all(f.grad is None for i, f in enumerate(so[1]) if i != 3)
+    assert hs.weight.grad is not None and hs.weight.grad.abs().sum() > 0 and hs.bias.grad is None   # the CAMs leave the bias out
+    assert ht.weight.grad is None and ht.bias.grad is None and all(f.grad is None for f in to[1]) and to[0].grad is None
+    assert not list(d.parameters()) and not d.state_dict()                                      # referenced, not registered
+
+
+@pytest.mark.parametrize('arch', ['resnet18', 'mobilenet_v2'])
+def test_catkd_takes_the_classifiers_from_the_networks_and_their_cams_give_the_logits(arch):
+    torch.manual_seed(0)
+    student, teacher = build_model(arch, NC).eval(), FrozenTeacher(build_model('resnet18', NC))
+    d = build('catkd', student, teacher, 64)
+    head = student.model.fc if arch == 'resnet18' else student.model.classifier[1]
+    assert d.heads[0] is head and d.heads[1] is teacher.model.model.fc
+    logits, feats = student(torch.randn(2, 3, 64, 64))
+    assert torch.allclose(class_activation_maps(feats[3], head.weight).mean((2, 3)) + head.bias, logits, atol=1e-5)
+
+
+def test_catkd_needs_both_classifiers_fitting_its_stage():
+    hs, ht = _cat_heads(0)
+    with pytest.raises(ValueError, match='needs both classifiers'): build('catkd', CAT_S, CAT_T, 32, student_head=hs)
+    with pytest.raises(ValueError, match="student's classifier takes 6 channels but its stage 2 has 4"):
+        build('catkd', CAT_S, CAT_T, 32, student_head=hs, teacher_head=ht, stage=2)
+    with pytest.raises(ValueError, match='5 classes, teacher 3'):
+        build('catkd', CAT_S, CAT_T, 32, student_head=hs, teacher_head=torch.nn.Linear(7, 3))
+    assert method('catkd').cls.pair_status(CAT_S, CAT_T, NC, 3).startswith('cannot: student has 5 classes')
+    assert '1×1' in method('catkd').cls.pair_status(S_SHAPES, T_SHAPES, NC, NC)            # a3 at 1×1: constant CAMs
+
+
+def _zscore_np(z):
+    z = _np(z)
+    return (z - z.mean(1, keepdims=True)) / (z.std(1, ddof=1, keepdims=True) + 1e-7)
+
+
+@pytest.mark.parametrize('standardize', [False, True])
+def test_dkd_distiller_weights_temperature_and_warmup(standardize):
+    so, to, y = _make(S_SHAPES, 0, dtype=torch.float64), _make(T_SHAPES, 1, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    d = build('dkd', S_SHAPES, T_SHAPES, 32, warmup=20, T=4.0, standardize=standardize)
+    zs, zt = (torch.from_numpy(_zscore_np(so[0])), torch.from_numpy(_zscore_np(to[0]))) if standardize else (so[0], to[0])
+    unit = dkd_loss(zs, zt, y, 1.0, 0.5, 1.0).item()                    # ImageNet: α_T = 1, β_N = 0.5, its own T = 1
+    assert (d.tckd_weight, d.nckd_weight, d.temperature, d.T) == (1.0, 0.5, 1.0, 4.0)
+    assert _close(d(so, to, y)['dkd'], unit, rtol=1e-9)                 # before any epoch: the full weight
+    for epoch, w in [(0, 1 / 20), (4, 5 / 20), (18, 19 / 20), (19, 1.0), (99, 1.0), (10, 11 / 20)]:
+        d.start_epoch(epoch, 100)
+        assert d.alpha == pytest.approx(w) and _close(d(so, to, y)['dkd'], w * unit, rtol=1e-9)
+    d2 = build('dkd', S_SHAPES, T_SHAPES, 32, alpha=2.0, nckd_weight=2.0)  # default warmup=1 (ImageNet): none
+    d2.start_epoch(0, 100)
+    assert d2.alpha == 2.0 and _close(d2(so, to, y)['dkd'], 2 * dkd_loss(so[0], to[0], y, 1.0, 2.0, 1.0).item(), rtol=1e-9)
+    with pytest.raises(ValueError, match='warmup'): build('dkd', S_SHAPES, T_SHAPES, 32, warmup=0)
+
+
+def test_dist_and_lskd_distillers_use_their_own_settings():
+    so, to, y = _make(S_SHAPES, 0, dtype=torch.float64), _make(T_SHAPES, 1, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    d = build('dist', S_SHAPES, T_SHAPES, 32, T=4.0)
+    assert (d.inter_weight, d.intra_weight, d.temperature, d.eps) == (1.0, 1.0, 1.0, 1e-8)
+    assert _close(d(so, to, y)['dist'], dist_loss(so[0], to[0], 1.0, 1.0, 1.0, eps=1e-8).item(), rtol=1e-12)
+    d = build('dist', S_SHAPES, T_SHAPES, 32, eps=0.0, temperature=4.0, intra_weight=2.0)
+    assert _close(d(so, to, y)['dist'], dist_loss(so[0], to[0], 1.0, 2.0, 4.0).item(), rtol=1e-12)
+    d = build('lskd', S_SHAPES, T_SHAPES, 32, T=4.0)
+    assert (d.alpha, d.beta, d.temperature) == (9.0, 1.0, 2.0)
+    terms = d(so, to, y)
+    assert _close(terms['lskd'], 9 * ls_kd_loss(so[0], to[0], 2.0).item(), rtol=1e-12) and _close(terms['ce'], _ce_ref(so[0], y), rtol=1e-9)
+    for n in ('dkd', 'dist', 'lskd'):
+        assert not method(n).cls.combinable and f'{n}+kd' not in names() and not method(n).in_paper
+        assert method(n).cls.pair_status(S_SHAPES, T_SHAPES, NC, 7) == 'cannot: student has 5 classes, teacher 7'
+
+
 # ---- every registered method: weights, gradients, determinism, minimum ---------------------------------------------
 def _run(name, so, to, y, seed=0, s_shapes=S_SHAPES, t_shapes=T_SHAPES, **kw):
     base = name.split('+')[0]
@@ -805,9 +990,12 @@ def test_kd_with_delta_adds_to_its_own_term():
 # the sweep report's rows as the paper's tables print them (the 'teacher' row is not a method)
 ROW_NAMES = {'none': 'Baseline', 'kd': 'KD', 'dct': 'DCT (Ours)', 'dct+kd': 'DCT (Ours) + KD', 'at': 'AT', 'at+kd': 'AT + KD',
              'pkt': 'PKT', 'pkt+kd': 'PKT + KD', 'vid': 'VID', 'vid+kd': 'VID + KD', 'crd': 'CRD', 'crd+kd': 'CRD + KD',
-             'semckd': 'CKD', 'semckd+kd': 'CKD + KD', 'reviewkd': 'ReviewKD', 'reviewkd+kd': 'ReviewKD + KD'}
-ROW_ORDER = ['none', 'at', 'pkt', 'vid', 'crd', 'semckd', 'reviewkd', 'dct',
-             'kd', 'at+kd', 'pkt+kd', 'vid+kd', 'crd+kd', 'semckd+kd', 'reviewkd+kd', 'dct+kd']
+             'semckd': 'CKD', 'semckd+kd': 'CKD + KD', 'reviewkd': 'ReviewKD', 'reviewkd+kd': 'ReviewKD + KD',
+             'fitnet': 'FitNet', 'fitnet+kd': 'FitNet + KD', 'catkd': 'CAT-KD', 'catkd+kd': 'CAT-KD + KD', 'dkd': 'DKD',
+             'dist': 'DIST', 'lskd': 'LS-KD'}
+ROW_ORDER = ['none', 'at', 'pkt', 'vid', 'crd', 'semckd', 'reviewkd', 'fitnet', 'catkd', 'dkd', 'dist', 'lskd', 'dct',
+             'kd', 'at+kd', 'pkt+kd', 'vid+kd', 'crd+kd', 'semckd+kd', 'reviewkd+kd', 'fitnet+kd', 'catkd+kd', 'dct+kd']
+BEYOND = {'reviewkd', 'reviewkd+kd', 'fitnet', 'fitnet+kd', 'catkd', 'catkd+kd', 'dkd', 'dist', 'lskd'}   # in_paper = False
 
 
 @pytest.mark.parametrize('name', names())
@@ -833,6 +1021,7 @@ def test_titles_are_the_paper_rows_and_orders_reproduce_its_order():
 def test_needs_teacher_and_labels():
     assert [n for n in names() if not method(n).needs_teacher] == ['none']
     assert [n for n in names() if method(n).needs_labels] == ['crd', 'crd+kd']
+    assert {n for n in names() if not method(n).in_paper} == BEYOND
 
 
 @pytest.mark.parametrize('name', ['dtc', 'kd+kd', 'none+kd', 'dct+', '', 'DCT'])
@@ -862,7 +1051,7 @@ def test_a_registered_class_appears_everywhere_and_unregister_removes_it():
     @register
     class Cos(Distiller):
         "Cosine distance of the pooled vectors (through a projection)."
-        name, title, order = 'test-cos', 'Cos (test)', 65
+        name, title, order = 'test-cos', 'Cos (test)', 61
         @classmethod
         def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes): return 'as is (test)'
         def __init__(self, student_shapes, teacher_shapes, num_train=None, *, width=None, **kw):
@@ -872,8 +1061,8 @@ def test_a_registered_class_appears_everywhere_and_unregister_removes_it():
             return (1 - F.cosine_similarity(self.proj(s_feats[-1]), t_feats[-1].detach(), dim=1)).mean()
     try:
         assert names()[-2:] == ['test-cos', 'test-cos+kd']
-        assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 65, True, False, False, Cos)
-        assert (method('test-cos+kd').title, method('test-cos+kd').order) == ('Cos (test) + KD', PLUS_KD_ORDER + 65)
+        assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 61, True, False, False, Cos)
+        assert (method('test-cos+kd').title, method('test-cos+kd').order) == ('Cos (test) + KD', PLUS_KD_ORDER + 61)
         order = sorted(names(), key=lambda n: method(n).order)
         assert order.index('test-cos') == order.index('reviewkd') + 1 and order.index('test-cos+kd') == order.index('reviewkd+kd') + 1
         r = check_pair(build_model('resnet18', NC), build_model('resnet18', NC), 32)
@@ -910,7 +1099,8 @@ def test_register_checks_what_a_class_declares():
 
 # ---- the paper's pairs: a ResNet-50 teacher, ResNet-18 and MobileNetV2 students, 32 px, CPU ------------------------
 ARCHS = ['resnet18', 'mobilenet_v2']
-PAIR_HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC)}
+PAIR_HP = {'crd': dict(num_train=16, nce_k=8, labels=torch.arange(16) % NC),
+           'catkd': dict(normalize=False)}   # a3 is 1×1 at 32 px: normalised, its CAMs would be constant (no gradient)
 
 
 @pytest.fixture(scope='module')

@@ -1,4 +1,5 @@
-"""dctkd.losses.dct_loss: its properties, and an independent numpy/scipy oracle for every variant."""
+"""dctkd.losses.dct_loss: its properties, and an independent numpy/scipy oracle for every variant; the logit methods beyond
+the paper (DKD, DIST, LS-KD) against hand computations of their equations."""
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import scipy.fft
 import torch
 import torch.nn.functional as F
 
-from dctkd.losses import DCTLoss, VARIANTS, dct_loss, dct_stage_distances, prediction_guide
+from dctkd.losses import DCTLoss, VARIANTS, dct_loss, dct_stage_distances, dist_loss, dkd_loss, kd_loss, ls_kd_loss, prediction_guide
 
 TRANSFORMS = list(VARIANTS)
 
@@ -189,3 +190,136 @@ def test_stage_distances_and_module():
     assert crit(fs, ft).item() == dct_loss(fs, ft, transform='fft-real', reduction='sum').item()
     with pytest.raises(ValueError, match='unknown transform'):
         DCTLoss(transform='DCT')
+
+
+# ---- beyond the paper: DKD, DIST, LS-KD, each against its equation written out with loops (numpy, float64) ---------
+def _logits(seed, B=5, C=6, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, C, generator=g, dtype=torch.float64) * scale
+
+
+def _softmax_row(z):
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
+
+def _kl(p, q): return sum(p[i] * (math.log(p[i]) - math.log(q[i])) for i in range(len(p)) if p[i] > 0)
+
+
+def _dkd_ref(zs, zt, y, alpha, beta, T):
+    "α·T²·mean_b KL(b_T ‖ b_S) + β·T²·mean_b KL(p̂_T ‖ p̂_S): b = (p_t, 1 − p_t), p̂_j = exp(z_j/T) / Σ_{k≠t} exp(z_k/T)."
+    zs, zt, y = zs.numpy(), zt.numpy(), y.numpy()
+    tckd = nckd = 0.0
+    for b in range(len(y)):
+        t = y[b]
+        bin_, hat = [], []
+        for z in (zs[b], zt[b]):
+            p = _softmax_row(z / T)
+            bin_.append([p[t], 1 - p[t]])
+            rest = [j for j in range(len(z)) if j != t]
+            den = sum(math.exp(z[k] / T) for k in rest)
+            hat.append([math.exp(z[j] / T) / den for j in rest])
+        tckd += _kl(bin_[1], bin_[0])
+        nckd += _kl(hat[1], hat[0])
+    return T * T * (alpha * tckd + beta * nckd) / len(y)
+
+
+@pytest.mark.parametrize('alpha, beta, T', [(1.0, 8.0, 4.0), (1.0, 0.5, 1.0), (0.3, 2.0, 2.0)])
+def test_dkd_loss_matches_hand_formula(alpha, beta, T):
+    zs, zt, y = _logits(0), _logits(1), torch.tensor([0, 5, 2, 2, 3])
+    ref = _dkd_ref(zs, zt, y, alpha, beta, T)
+    assert ref > 0 and abs(dkd_loss(zs, zt, y, alpha, beta, T).item() - ref) < 1e-12 * ref
+
+
+def test_dkd_loss_decomposes_kd_zero_at_equal_logits_finite_when_probabilities_underflow():
+    zs, zt = _logits(2, B=1), _logits(3, B=1)
+    y = torch.tensor([4])
+    pt = torch.softmax(zt / 4, 1)[0, 4].item()
+    assert abs(kd_loss(zs, zt, 4.0).item() - dkd_loss(zs, zt, y, 1.0, 1 - pt, 4.0).item()) < 1e-12   # KD = TCKD + (1 − p_t)·NCKD
+    assert dkd_loss(zt, zt.clone(), torch.tensor([1])).item() == 0.0
+    zt = torch.tensor([[0., 2e3, -2e3, 5.]])                   # 1 − p_t and p_{-2e3} underflow in float32 even at T = 4
+    zs = torch.randn(1, 4, requires_grad=True)
+    out = dkd_loss(zs, zt, torch.tensor([1]), T=1.0)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(zs.grad).all()
+
+
+def _pearson_ref(a, b, eps):
+    am, bm = sum(a) / len(a), sum(b) / len(b)
+    num = sum((x - am) * (w - bm) for x, w in zip(a, b))
+    return num / (math.sqrt(sum((x - am) ** 2 for x in a)) * math.sqrt(sum((w - bm) ** 2 for w in b)) + eps)
+
+
+def _dist_ref(zs, zt, beta, gamma, T, eps=0.0):
+    "T²·(β·(1 − mean over samples of ρ(rows)) + γ·(1 − mean over classes of ρ(columns))) of the softmax probabilities."
+    ys = [_softmax_row(z / T) for z in zs.numpy()]
+    yt = [_softmax_row(z / T) for z in zt.numpy()]
+    B, C = len(ys), len(ys[0])
+    inter = 1 - sum(_pearson_ref(ys[b], yt[b], eps) for b in range(B)) / B
+    intra = 1 - sum(_pearson_ref([ys[b][c] for b in range(B)], [yt[b][c] for b in range(B)], eps) for c in range(C)) / C
+    return T * T * (beta * inter + gamma * intra)
+
+
+@pytest.mark.parametrize('beta, gamma, T', [(1.0, 1.0, 1.0), (2.0, 2.0, 4.0), (1.0, 0.0, 1.0), (0.0, 1.0, 2.0)])
+@pytest.mark.parametrize('eps', [0.0, 1e-8])
+def test_dist_loss_matches_hand_formula(beta, gamma, T, eps):
+    zs, zt = _logits(4), _logits(5)
+    ref = _dist_ref(zs, zt, beta, gamma, T, eps)
+    assert ref > 0 and abs(dist_loss(zs, zt, beta, gamma, T, eps=eps).item() - ref) < 1e-12 * ref
+    if eps: return
+    ys, yt = torch.softmax(zs / T, 1).numpy(), torch.softmax(zt / T, 1).numpy()        # and numpy's Pearson
+    inter = 1 - np.mean([np.corrcoef(ys[b], yt[b])[0, 1] for b in range(5)])
+    intra = 1 - np.mean([np.corrcoef(ys[:, c], yt[:, c])[0, 1] for c in range(6)])
+    assert abs(dist_loss(zs, zt, beta, gamma, T).item() - T * T * (beta * inter + gamma * intra)) < 1e-12
+
+
+def test_dist_loss_at_its_minimum_for_equal_logits_and_bounded():
+    z = _logits(6)
+    assert 0 <= dist_loss(z, z.clone()).item() < 1e-12
+    assert dist_loss(z, z.clone(), eps=1e-8).item() > 1e-6        # the official ε: columns of tiny variance correlate < 1
+    assert dist_loss(z, _logits(7)).item() > 1e-2
+    assert dist_loss(z, -z).item() <= 4 * (1 + 1e-9)           # each relation term lies in [0, 2]
+    one = torch.randn(1, 5, requires_grad=True)               # B = 1: every class column is constant and correlates 0
+    out = dist_loss(one, torch.randn(1, 5))
+    out.backward()
+    assert torch.isfinite(one.grad).all() and 1 <= out.item() <= 3
+
+
+def _zscore_ref(z):
+    m = sum(z) / len(z)
+    sd = math.sqrt(sum((x - m) ** 2 for x in z) / (len(z) - 1))      # Bessel's correction
+    return np.array([(x - m) / (sd + 1e-7) for x in z])
+
+
+def _ls_kd_ref(zs, zt, T):
+    total = 0.0
+    for a, b in zip(zs.numpy(), zt.numpy()):
+        total += _kl(_softmax_row(_zscore_ref(b) / T), _softmax_row(_zscore_ref(a) / T))
+    return T * T * total / zs.shape[0]
+
+
+@pytest.mark.parametrize('T', [1.0, 2.0, 4.0])
+def test_ls_kd_loss_matches_hand_formula(T):
+    zs, zt = _logits(8), _logits(9, scale=10.0)
+    ref = _ls_kd_ref(zs, zt, T)
+    assert ref > 0 and abs(ls_kd_loss(zs, zt, T).item() - ref) < 1e-12 * ref
+
+
+@pytest.mark.parametrize('a, b', [(1.0, 7.0), (0.01, 0.0), (25.0, -3.0)])
+def test_ls_kd_loss_invariant_to_shift_and_positive_scale_of_either_network(a, b):
+    zs, zt = _logits(10), _logits(11)
+    base = ls_kd_loss(zs, zt).item()
+    for s, t in ((a * zs + b, zt), (zs, a * zt + b), (a * zs + b, a * zt - b)):
+        assert abs(ls_kd_loss(s, t).item() - base) < 1e-5 * base     # exact but for the 1e-7 in the z-score
+    assert ls_kd_loss(a * zt + b, zt).item() < 1e-10                   # zero whenever z_S = a·z_T + b, a > 0
+    assert ls_kd_loss(zt, zt.clone()).item() == 0.0 and ls_kd_loss(-zt, zt).item() > 0.1
+
+
+@pytest.mark.parametrize('loss', [lambda s, t: dkd_loss(s, t, torch.tensor([0, 1, 2])), dist_loss, ls_kd_loss],
+                         ids=['dkd', 'dist', 'lskd'])
+def test_logit_losses_give_no_gradient_to_the_teacher_and_keep_float64(loss):
+    zs, zt = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    loss(zs, zt).backward()
+    assert zt.grad is None and zs.grad is not None and zs.grad.abs().sum() > 0
+    assert loss(zs.detach().double(), zt.detach().double()).dtype == torch.float64
+    with pytest.raises(ValueError, match='same'): loss(torch.randn(3, 5), torch.randn(3, 4))
