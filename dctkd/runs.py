@@ -17,6 +17,7 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -254,11 +255,21 @@ def find_runs(root) -> list:
     return out
 
 # %% ../nbs/13_runs.ipynb #38a189d0
+def _link(src:Path):
+    "A `write` for `atomic_write` that makes the temporary file a hard link of `src` (a copy where links are not supported)."
+    def write(tmp):
+        os.remove(tmp)
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)
+    return write
+
 def save_epoch(run, ck:dict, improved:bool):
-    "Commit a finished epoch: best.pt (if `improved`), then latest.pt, then metrics.csv from its history."
+    "Commit a finished epoch: best.pt (if `improved`), then latest.pt (the same file, linked), then metrics.csv from its history."
     run = Path(run)
-    if improved: atomic_save(ck, run / BEST)
-    atomic_save(ck, run / LATEST)
+    if improved:
+        atomic_save(ck, run / BEST)
+        atomic_write(run / LATEST, _link(run / BEST))     # one write of the checkpoint, two names
+    else: atomic_save(ck, run / LATEST)
     write_metrics(run, ck['history'])
 
 def resume_state(run) -> dict|None:

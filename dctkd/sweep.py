@@ -260,21 +260,27 @@ def aggregate(runs_root, metric='val_top1', expected=None,
         "The (row, column) of a distilled student: its method and pair, or the plan's labels."
         row, col, _ = labels.get(r['folder'].name, (None, None, 0))
         return row or r['cfg']['method'], col or pair_label(arch_of(r['cfg']['teacher']), r['cfg']['arch'])
+    pairs = {}                                   # column -> the teacher → student pairs of its students
     for r in runs:
         if r['cfg'].get('teacher'):
             c = row_col(r)[1]
             if c not in cols: cols.append(c)
+            pairs.setdefault(c, set()).add(pair_label(arch_of(r['cfg']['teacher']), r['cfg']['arch']))
     def add(row, col, r):
         for w in ('best', 'last'): vals.setdefault((row, col, w), []).append(float(r['summary'][w][metric]))
     for r in runs:
         cfg, is_t = r['cfg'], r['folder'].resolve() in teachers
         if cfg.get('teacher'): add(*row_col(r), r); continue
-        for c in cols:
-            ta, sa = c[2:].split(' → S ')
-            if is_t and SHORT.get(cfg['arch'], cfg['arch']) == ta: add('teacher', c, r)
-            if not is_t and SHORT.get(cfg['arch'], cfg['arch']) == sa: add('none', c, r)
+        arch = SHORT.get(cfg['arch'], cfg['arch'])
+        for c in cols:                           # a teacher (or a baseline) counts in each column it is the teacher (student) of
+            ends = [p[2:].split(' → S ') for p in pairs[c]]
+            if is_t and any(ta == arch for ta, _ in ends): add('teacher', c, r)
+            if not is_t and any(sa == arch for _, sa in ends): add('none', c, r)
         if not cols: add('teacher' if is_t else 'none', SHORT.get(cfg['arch'], cfg['arch']), r)
     if not cols: cols = list(dict.fromkeys(k[1] for k in vals))
+    first = {}
+    for _, col, i in labels.values(): first[col] = min(i, first.get(col, i))
+    cols = sorted(cols, key=lambda c: (first.get(c, math.inf), cols.index(c)))    # the plan's order for its own columns
     position = {row: (10_000 + i, row) for row, _, i in labels.values() if row}
     rows = sorted({k[0] for k in vals}, key=lambda m: position.get(m) or row_order(m))
     cells = {(m, c): {w: mean_std(vals.get((m, c, w), [])) for w in ('best', 'last')} for m in rows for c in cols}
