@@ -11,7 +11,8 @@ import dataclasses
 import json
 import os
 
-from .config import PRESETS, TrainConfig, config_fields, given_keys, make_config, parse_overrides, resume_config
+from .config import (PRESETS, TrainConfig, config_fields, given_keys, make_config, method_hparams, parse_overrides,
+                          resume_config)
 from .evaluate import evaluate, format_report
 from .runs import read_config
 from .train import fit
@@ -40,8 +41,8 @@ def train_cli(argv=None):
         given = given_keys(args.preset, **parse_overrides(args.overrides))     # only what was asked: a resume compares these
         cfg = resume_config(read_config(given['resume']), given)[0] if given.get('resume') else make_config(**given)
     except (ValueError, FileNotFoundError) as e: ap.error(str(e))
-    if args.dry_run:
-        print(json.dumps(dataclasses.asdict(cfg), indent=2)); return 0
+    if args.dry_run:                              # what will run: the config, with the method's resolved hyper-parameters
+        print(json.dumps({**dataclasses.asdict(cfg), 'hparams': method_hparams(cfg)}, indent=2, default=str)); return 0
     run = fit(**given)
     if int(os.environ.get('RANK', 0)) == 0: print(f"run folder: {run}")
     return 0
