@@ -104,7 +104,7 @@ def new_run_dir(cfg:TrainConfig) -> Path:
         os.chmod(tmp, 0o755)                                         # mkdtemp makes it private
         return publish_dir(tmp, root, base)
     finally:
-        if tmp.exists(): (tmp / CONFIG).unlink(missing_ok=True); (tmp / 'checkpoints').rmdir(); tmp.rmdir()
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)     # our own staging folder, left only by a failure
 
 class RunBusy(RuntimeError):
     "Another process holds the run (or sweep) folder's lock."
