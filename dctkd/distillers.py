@@ -64,6 +64,10 @@ class Distiller(nn.Module):
     def start_epoch(self, epoch:int, epochs:int):
         "Called by the trainer before each epoch (0-based, of `epochs`): where an epoch-aware method sets its weights."
 
+    def skip_batch(self, n:int) -> bool:
+        "Asked by the trainer before each training batch of `n` samples: True to take no step on it (the original SemCKD's partial batches)."
+        return False
+
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         "The method's own (unweighted) loss."
         raise NotImplementedError
@@ -293,9 +297,10 @@ class VID(Distiller):
 
 # %% ../nbs/05_distillers.ipynb #13d9cad4
 class ContrastMemory(nn.Module):
-    "CRD's two memory banks (student and teacher embeddings of every training sample) and their constants Z."
-    def __init__(self, dim, num_train, K, tau, momentum, labels=None):
+    "CRD's two memory banks (student and teacher embeddings of every training sample), their constants Z and the negatives' sampler."
+    def __init__(self, dim, num_train, K, tau, momentum, labels=None, negatives='all', num_classes=None):
         super().__init__()
+        if negatives not in ('all', 'original'): raise ValueError(f"crd: negatives must be 'all' or 'original', got {negatives!r}")
         self.N, self.K, self.tau, self.momentum = num_train, K, tau, momentum
         stdv = 1. / math.sqrt(dim / 3)
         self.register_buffer('memory_s', torch.rand(num_train, dim).mul_(2 * stdv).add_(-stdv))
@@ -311,10 +316,23 @@ class ContrastMemory(nn.Module):
             self.register_buffer('start', torch.cumsum(counts, 0) - counts, persistent=False)
             self.register_buffer('count', counts, persistent=False)
         else: self.order = None
+        if negatives == 'original':                                        # the original's pool: the first N_CLASSES samples
+            if labels is None: raise ValueError("crd: negatives='original' needs labels= (the training set's labels)")
+            pool = labels[:min(int(num_classes or int(labels.max()) + 1), num_train)]
+            if len(pool.unique()) < 2:
+                raise ValueError(f"crd: negatives='original': the first {len(pool)} samples hold a single class, so that class has no negatives")
+            self.register_buffer('pool_labels', pool, persistent=False)
+        else: self.pool_labels = None
 
     def negatives(self, index, targets):
-        "K negative indices per sample: other classes' samples when labels are known, else any other sample."
+        "K negative indices per sample: other classes' samples when labels are known, else any other sample; 'original': from the pool only."
         B = index.shape[0]
+        if self.pool_labels is not None:         # the pool's samples of other classes (all of it for a class not in it)
+            allowed = (self.pool_labels[None, :] != targets[:, None]).float()     # (B, pool), pool index = sample index
+            out, many = index.new_empty(B, self.K), self.K > allowed.sum(1)      # more than the class's pool: with replacement
+            for rows, rep in ((many, True), (~many, False)):
+                if rows.any(): out[rows] = torch.multinomial(allowed[rows], self.K, replacement=rep)
+            return out
         if self.order is not None:
             n_c, s_c = self.count[targets], self.start[targets]
             r = (torch.rand(B, self.K, device=index.device) * (self.N - n_c)[:, None]).long()
@@ -354,16 +372,22 @@ class CRD(Distiller):
     "Contrastive representation distillation on the pooled vectors, with a memory bank over the training set."
     name, title, order, alpha, needs_labels = 'crd', 'CRD', 40, 0.8, True
     in_paper = True
+    recipes = {'faithful': {'negatives': 'original'}}   # the original's sampler: negatives from the first N_CLASSES samples
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (own embeddings of the pooled vectors)'
+    @classmethod
+    def from_models(cls, student, teacher):
+        "N_CLASSES, the size of the original's negative pool (`negatives='original'`): the student's classifier outputs."
+        return {'num_classes': num_classes_of(student)}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, feat_dim=128, nce_k=16384, nce_t=0.07,
-                 nce_m=0.5, labels=None, **kw):
+                 nce_m=0.5, labels=None, negatives='all', num_classes=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if not num_train: raise ValueError("crd needs num_train (the training-set size) for its memory bank")
+        self.negatives = negatives
         self.embed_s = nn.Linear(student_shapes[-1][0], feat_dim)
         self.embed_t = nn.Linear(teacher_shapes[-1][0], feat_dim)
-        self.memory = ContrastMemory(feat_dim, num_train, nce_k, nce_t, nce_m, labels)
+        self.memory = ContrastMemory(feat_dim, num_train, nce_k, nce_t, nce_m, labels, negatives, num_classes)
 
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         if index is None: return s_feats[-1].new_zeros(())
@@ -374,6 +398,7 @@ class CRD(Distiller):
         v_t = F.normalize(self.embed_t(t_feats[-1].detach().flatten(1).to(dt)), dim=1)
         out_s, out_t = self.memory(v_s, v_t, index, targets)
         return nce_loss(out_s, self.num_train) + nce_loss(out_t, self.num_train)
+    def extra_repr(self): return super().extra_repr() + f", negatives={self.negatives!r}"
 
 # %% ../nbs/05_distillers.ipynb #c3b8de69
 class _MLPEmbed(nn.Module):
@@ -393,18 +418,47 @@ class SemCKD(Distiller):
     "Semantic calibration for cross-layer KD on stages a1–a3 of both networks."
     name, title, order, alpha = 'semckd', 'CKD', 50, 400.0
     in_paper = True
+    recipes = {'faithful': {'bn_eval_after_first_epoch': True, 'skip_partial': True}}   # the original's BN and partial batches
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (its regressors and pooling are built in)'
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, batch_size=128, factor=4,
-                 s_stages=(1, 2, 3), t_stages=(1, 2, 3), **kw):
+                 s_stages=(1, 2, 3), t_stages=(1, 2, 3), bn_eval_after_first_epoch=False, skip_partial=False, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         self.batch_size, self.s_stages, self.t_stages = batch_size, tuple(s_stages), tuple(t_stages)
+        self.bn_eval_after_first_epoch, self.skip_partial = bool(bn_eval_after_first_epoch), bool(skip_partial)
+        self.bn_frozen, self.full_batch = False, 0     # set by start_epoch; the largest training batch seen
         dim = max(2, batch_size // factor)      # a 1-d embedding would normalise to ±1 and learn nothing
         self.query = nn.ModuleList(_MLPEmbed(batch_size, dim) for _ in self.s_stages)
         self.key = nn.ModuleList(_MLPEmbed(batch_size, dim) for _ in self.t_stages)
         self.regressors = nn.ModuleList(_semckd_regressor(student_shapes[i][0], teacher_shapes[j][0])
                                         for i in self.s_stages for j in self.t_stages)
+
+    def start_epoch(self, epoch, epochs):
+        "With `bn_eval_after_first_epoch`: from the second epoch (index 1) on, the regressors' BatchNorm stays in eval mode."
+        self.bn_frozen = self.bn_eval_after_first_epoch and epoch >= 1
+        self.train(self.training)
+
+    def train(self, mode=True):
+        "As `nn.Module.train`, but the regressors' BatchNorm stays in eval mode once frozen (`start_epoch`)."
+        super().train(mode)
+        if self.bn_frozen:
+            for m in self.regressors.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+        return self
+
+    def skip_batch(self, n:int) -> bool:
+        "With `skip_partial`, a training batch smaller than the largest seen is skipped: the trainer takes no step on it."
+        if not (self.skip_partial and self.training): return False
+        self.full_batch = max(self.full_batch, n)
+        return n < self.full_batch
+
+    def forward(self, student_out, teacher_out, targets, index=None):
+        "As `Distiller.forward`; a batch `skip_batch` skips gives zero terms (zero gradient) when called anyway."
+        if teacher_out is not None and self.skip_batch(len(targets)):   # zero terms: the student's zero gradient keeps DDP waiting on nothing
+            zero = 0. * student_out[0].to(compute_dtype(student_out[0].dtype)).sum()
+            return {k: zero for k in ['ce', self.name] + (['kd'] if self.with_kd else [])}
+        return super().forward(student_out, teacher_out, targets, index)
 
     def _gram_rows(self, f):
         "Rows of the chunk's Gram matrix, zero-padded to the training batch size."
@@ -436,6 +490,9 @@ class SemCKD(Distiller):
                 mse.append((self.regressors[a * T + b](s_in) - t_in).square().flatten(1).mean(1))
         mse = torch.stack(mse, 1).view(B, S, T)
         return (w * mse).sum() / (B * S)
+    def extra_repr(self):
+        return (super().extra_repr() + f", batch_size={self.batch_size}, bn_eval_after_first_epoch={self.bn_eval_after_first_epoch}"
+                f", skip_partial={self.skip_partial}")
 
 # %% ../nbs/05_distillers.ipynb #51366068
 class ABF(nn.Module):
@@ -474,6 +531,7 @@ def hcl_loss(fs_list, ft_list, levels=(4, 2, 1)) -> torch.Tensor:
 class ReviewKD(Distiller):
     "Knowledge review: ABF fusion of all student levels, compared with the teacher's by the HCL loss."
     name, title, order, alpha = 'reviewkd', 'ReviewKD', 60, 1.0
+    recipes = {'faithful': {'mid_channel': 'original'}}   # the development code's width: 512 for ResNet-18/34 students
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         same_hw = _same_hw(_spatial_pairs(student_shapes, teacher_shapes, range(len(student_shapes))))
@@ -481,8 +539,11 @@ class ReviewKD(Distiller):
                 + ('' if same_hw else " and resizes it, nearest, to the teacher's map size") + ')')
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, mid_channel=256, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-        n = len(student_shapes)
-        self.abfs = nn.ModuleList(ABF(student_shapes[i][0], mid_channel, teacher_shapes[i][0], fuse=i < n - 1) for i in range(n))
+        if mid_channel == 'original': mid_channel = 512 if student_shapes[-1][0] == 512 else 256   # ResNet-18/34: 512
+        if isinstance(mid_channel, str) or int(mid_channel) < 1:
+            raise ValueError(f"reviewkd: mid_channel is a number of channels or 'original', got {mid_channel!r}")
+        self.mid_channel, n = int(mid_channel), len(student_shapes)
+        self.abfs = nn.ModuleList(ABF(student_shapes[i][0], self.mid_channel, teacher_shapes[i][0], fuse=i < n - 1) for i in range(n))
 
     @staticmethod
     def _as_map(f): return f if f.ndim == 4 else f[:, :, None, None]
@@ -494,6 +555,7 @@ class ReviewKD(Distiller):
         for i in reversed(range(len(fs))):                 # deepest level first
             outs[i], deeper = self.abfs[i](fs[i], deeper, ft[i].shape[-2:])
         return hcl_loss(outs, ft)
+    def extra_repr(self): return super().extra_repr() + f", mid_channel={self.mid_channel}"
 
 # %% ../nbs/05_distillers.ipynb #801d2ebe
 def _hint_conv(s_shape, t_shape):

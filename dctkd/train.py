@@ -186,10 +186,12 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
 # %% ../nbs/15_train.ipynb #d5727e4b
 def _train_epoch(model, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
     model.train()
+    distiller = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).distiller
     sums, n = {}, torch.zeros((), dtype=torch.float64)
     total = len(loader) if not cfg.max_batches else min(cfg.max_batches, len(loader))
     for b, (x, y, idx) in enumerate(_progress(loader, total, f'epoch {epoch + 1}/{cfg.epochs}', cfg.progress and d.main)):
         if cfg.max_batches and b >= cfg.max_batches: break
+        if distiller.skip_batch(len(y)): continue          # a method may skip a batch (e.g. the original SemCKD's partial ones)
         if cl: x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(d.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
             t_out = teacher(x) if teacher is not None else None

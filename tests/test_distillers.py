@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dctkd.distillers import (PLUS_KD_ORDER, Distiller, MethodInfo, build, check_pair, class_activation_maps, hcl_loss,
-                              hint_regressor, method, names, nce_loss, register, unregister)
+                              hint_regressor, method, method_hparams, names, nce_loss, register, unregister)
 from dctkd.losses import at_loss, at_vector, dist_loss, dkd_loss, kd_loss, ls_kd_loss, pkt_loss
 from dctkd.models import FrozenTeacher, build_model
 import torchvision  # noqa: F401,E402  (after dctkd: its compat guard)
@@ -514,6 +514,69 @@ def test_crd_negative_index_message_names_the_offending_index():
         d(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]), torch.tensor([-1, 1, 2, 3]))
 
 
+# CRD's negatives, the original's sampler (original-method.md §4.6, §8 Q10): 12 samples of 6 classes, the first 6 (the
+# pool) holding classes 2, 2, 0, 4, 0, 2 -- classes 1, 3 and 5 are absent from it
+CRD_LABELS = [2, 2, 0, 4, 0, 2, 1, 1, 3, 3, 5, 5]
+CRD_POOLS = {0: {0, 1, 3, 5}, 1: {0, 1, 2, 3, 4, 5}, 2: {2, 3, 4}, 3: {0, 1, 2, 3, 4, 5}, 4: {0, 1, 2, 4, 5},
+             5: {0, 1, 2, 3, 4, 5}}   # written out by hand: the pool's samples of other labels, all of it when absent
+
+
+def _crd_reach(d):
+    "The set of negatives drawn for one anchor of each class (anchor index 6 + c: any sample outside the pool)."
+    classes = torch.arange(6)
+    return {c: set(r.tolist()) for c, r in zip(range(6), d.memory.negatives(classes + 6, classes))}
+
+
+def test_crd_original_negatives_are_the_hand_computed_pool():
+    labels = torch.tensor(CRD_LABELS)
+    torch.manual_seed(0)
+    orig = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=500, labels=labels, num_classes=6, negatives='original')
+    assert _crd_reach(orig) == CRD_POOLS
+    fixed = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=500, labels=labels)
+    assert _crd_reach(fixed) == {c: {i for i in range(12) if CRD_LABELS[i] != c} for c in range(6)}
+    # the faithful recipe is the same sampler; num_classes defaults to the largest label + 1 (here 6)
+    rec = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=500, labels=labels, recipe='faithful')
+    assert rec.negatives == 'original' and _crd_reach(rec) == CRD_POOLS
+    # a pool of 4 samples (num_classes=4): classes 1, 3, 5 get samples 0-3, class 0 the 2 labelled otherwise
+    four = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=500, labels=labels, num_classes=4, negatives='original')
+    assert _crd_reach(four) == {0: {0, 1, 3}, 1: {0, 1, 2, 3}, 2: {2, 3}, 3: {0, 1, 2, 3}, 4: {0, 1, 2}, 5: {0, 1, 2, 3}}
+
+
+def test_crd_original_negatives_uniform_with_replacement_beyond_the_pool_and_without_within():
+    labels = torch.tensor(CRD_LABELS)
+    torch.manual_seed(1)
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=30000, labels=labels, num_classes=6, negatives='original')
+    counts = torch.bincount(d.memory.negatives(torch.tensor([9]), torch.tensor([0]))[0], minlength=12)
+    assert counts[[2, 4, 6, 7, 8, 9, 10, 11]].sum() == 0                         # class 0's pool is {0, 1, 3, 5}
+    assert (counts[[0, 1, 3, 5]] - 7500).abs().max() < 0.05 * 7500              # np.random.choice: uniform over it
+    # K not above a class's pool: without replacement (np.random.choice(..., replace=False)), e.g. class 2's three
+    d3 = build('crd', S_SHAPES, T_SHAPES, 32, num_train=12, nce_k=3, labels=labels, num_classes=6, negatives='original')
+    rows = d3.memory.negatives(torch.arange(12), torch.tensor([2] * 6 + [0] * 6))
+    assert all(sorted(r.tolist()) == [2, 3, 4] for r in rows[:6])                 # a permutation of the pool
+    assert all(len(set(r.tolist())) == 3 and set(r.tolist()) <= CRD_POOLS[0] for r in rows[6:])
+
+
+def test_crd_original_negatives_train_and_take_n_classes_from_the_students_classifier():
+    labels = torch.arange(40) % 7
+    d = build('crd', build_model('resnet18', 7), build_model('resnet18', 7), 32, num_train=40, nce_k=8, labels=labels,
+              recipe='faithful')
+    assert d.negatives == 'original' and torch.equal(d.memory.pool_labels, labels[:7])   # N_CLASSES = 7 outputs
+    d = build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, nce_k=40, labels=torch.arange(16) % NC, recipe='faithful')
+    terms = d(_make(S_SHAPES, 0, grad=True), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]), INDEX)
+    assert torch.isfinite(terms['crd']) and terms['crd'] > 0
+    terms['crd'].backward()
+
+
+def test_crd_original_negatives_refuse_what_the_original_could_not_sample():
+    with pytest.raises(ValueError, match='needs labels'):
+        build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, negatives='original')
+    with pytest.raises(ValueError, match='single class'):       # the first 3 samples all class 0: it would have no negatives
+        build('crd', S_SHAPES, T_SHAPES, 32, num_train=6, labels=torch.tensor([0, 0, 0, 1, 2, 2]), num_classes=3,
+              negatives='original')
+    with pytest.raises(ValueError, match="'all' or 'original'"):
+        build('crd', S_SHAPES, T_SHAPES, 32, num_train=16, negatives='first')
+
+
 # ---- SemCKD --------------------------------------------------------------------------------------------------------
 def _semckd_ref(d, s_feats, t_feats):
     "SemCKD step by step with the module's own weights: Gram rows (chunked, zero-padded), MLPs, softmax, regressors."
@@ -616,6 +679,104 @@ def test_semckd_parameter_count_r50_to_r18():
     assert n == _semckd_params((128, 256, 512), (512, 1024, 2048))
 
 
+# SemCKD, the original's behaviours (original-method.md §2.6, §8 Q11): BN frozen from the second epoch, partial batches
+def _bn_eval_regressor_ref(reg, x):
+    "A SemCKD regressor by hand with its BatchNorm in eval mode: (y - running mean) / sqrt(running var + eps) · γ + β."
+    def bn(m, y):
+        v = lambda p: p.detach().view(1, -1, 1, 1)
+        return (y - v(m.running_mean)) / torch.sqrt(v(m.running_var) + m.eps) * v(m.weight) + v(m.bias)
+    c1, b1, _, c2, b2, _, c3 = reg
+    y = torch.relu(bn(b1, F.conv2d(x, c1.weight)))
+    y = torch.relu(bn(b2, F.conv2d(y, c2.weight, padding=1)))
+    return F.conv2d(y, c3.weight)
+
+
+def _semckd_bns(d): return [m for m in d.regressors.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+def _bn_state(bns): return [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in bns]
+
+
+def _bn_same(bns, state):
+    return all(torch.equal(m.running_mean, a) and torch.equal(m.running_var, b) and torch.equal(m.num_batches_tracked, n)
+               for m, (a, b, n) in zip(bns, state))
+
+
+def test_semckd_bn_trains_in_the_first_epoch_and_is_frozen_from_the_second():
+    torch.manual_seed(0)
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=B, factor=2, bn_eval_after_first_epoch=True).train()
+    bns = _semckd_bns(d)
+    assert len(bns) == 18
+    so, to, y = _make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.zeros(B, dtype=torch.long)
+    d.start_epoch(0, 3); d.train()                       # the first epoch: BN trains, its statistics move
+    assert all(m.training for m in bns)
+    state = _bn_state(bns)
+    d(so, to, y)
+    assert not any(torch.equal(m.running_mean, a) for m, (a, _, _) in zip(bns, state))
+    d.eval(); d.start_epoch(1, 3); d.train()             # validation's .eval(), then the second epoch
+    assert d.training and not any(m.training for m in bns) and all(m.training for m in d.query.modules())
+    torch.nn.ModuleList([d]).train()                     # the trainer's model.train() on a parent: BN stays in eval mode
+    assert not any(m.training for m in bns)
+    state = _bn_state(bns)
+    out = d(_make(S_SHAPES, 2), _make(T_SHAPES, 3), y)['semckd']
+    assert torch.isfinite(out) and _bn_same(bns, state)  # statistics frozen
+    x = torch.randn(B, S_SHAPES[1][0], 4, 4, generator=torch.Generator().manual_seed(4))
+    assert torch.allclose(d.regressors[0](x), _bn_eval_regressor_ref(d.regressors[0], x), atol=1e-5)   # normalised by them
+    d.start_epoch(2, 3); d.train()
+    assert not any(m.training for m in bns)
+    d.start_epoch(0, 3); d.train()                       # epoch 0 again (a new run): BN follows train/eval again
+    assert all(m.training for m in bns)
+
+
+def test_semckd_bn_follows_train_in_every_epoch_by_default():
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=B, factor=2)
+    bns = _semckd_bns(d)
+    for e in range(3):
+        d.start_epoch(e, 3); d.train()
+        assert all(m.training for m in bns)
+        d.eval()
+        assert not any(m.training for m in bns)
+
+
+def test_semckd_skip_partial_gives_zero_terms_and_zero_gradient_on_the_last_batch():
+    torch.manual_seed(0)
+    d = build('semckd+kd', S_SHAPES, T_SHAPES, 32, batch_size=B, factor=2, skip_partial=True).train()
+    bns = _semckd_bns(d)
+    full = d(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.zeros(B, dtype=torch.long))
+    assert set(full) == {'ce', 'semckd', 'kd'} and all(v > 0 for v in full.values())
+    state = _bn_state(bns)
+    so, to = _make(S_SHAPES, 2, batch=B - 1, grad=True), _make(T_SHAPES, 3, batch=B - 1)
+    terms = d(so, to, torch.zeros(B - 1, dtype=torch.long))
+    assert {k: v.item() for k, v in terms.items()} == {'ce': 0.0, 'semckd': 0.0, 'kd': 0.0}
+    sum(terms.values()).backward()
+    assert torch.equal(so[0].grad, torch.zeros_like(so[0]))                  # the student: a zero gradient (DDP waits for one)
+    assert all(f.grad is None for f in so[1]) and all(p.grad is None for p in d.parameters())
+    assert _bn_same(bns, state)                                               # SemCKD not computed: no BN update
+    # in eval mode, nothing is skipped: the chunked, zero-padded computation
+    d.eval()
+    so, to = _make(S_SHAPES, 4, batch=B - 1), _make(T_SHAPES, 5, batch=B - 1)
+    w_ref, ref = _semckd_ref(d, so[1], to[1])
+    assert _close(d(so, to, torch.zeros(B - 1, dtype=torch.long))['semckd'], 400 * ref.item(), rtol=1e-5)
+
+
+def test_semckd_skip_partial_compares_with_the_largest_batch_seen_not_batch_size():
+    "Batches all smaller than batch_size (e.g. per process under DDP) are full batches, not skipped."
+    torch.manual_seed(0)
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=8, factor=2, skip_partial=True).train()
+    for n, skipped in ((3, False), (3, False), (2, True), (3, False)):
+        out = d(_make(S_SHAPES, n, batch=n), _make(T_SHAPES, 9, batch=n), torch.zeros(n, dtype=torch.long))['semckd']
+        assert (out.item() == 0.0) == skipped, (n, out)
+
+
+def test_semckd_faithful_recipe_turns_both_on():
+    d = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=B, factor=2, recipe='faithful')
+    assert d.bn_eval_after_first_epoch and d.skip_partial
+    dflt = build('semckd', S_SHAPES, T_SHAPES, 32, batch_size=B, factor=2)
+    assert not dflt.bn_eval_after_first_epoch and not dflt.skip_partial
+    hp = method_hparams('semckd+kd', 'faithful')
+    assert (hp['bn_eval_after_first_epoch'], hp['skip_partial'], hp['batch_size'], hp['alpha']) == (True, True, 128, 400.0)
+
+
 @pytest.mark.parametrize('name', ['crd', 'semckd'])
 def test_distillers_run_in_float64(name):
     d = build(name, S_SHAPES, T_SHAPES, 32, **HP[name]).double()
@@ -648,6 +809,40 @@ def test_reviewkd_runs_differentiable_and_maps_to_teacher_shapes():
     terms['reviewkd'].backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in d.parameters())
     assert all(f.grad is not None for f in so[1]) and all(f.grad is None for f in to[1])
+
+
+def _abf_params(in_chs, out_chs, mid):
+    "ReviewKD's ABF modules by hand: 1×1 conv in→mid + BN(mid), 3×3 conv mid→out + BN(out), and on every level but the\n    deepest the attention 1×1 conv 2·mid→2 with bias."
+    n = len(in_chs)
+    return sum(i * mid + 2 * mid + 9 * mid * o + 2 * o + (2 * mid * 2 + 2 if k < n - 1 else 0)
+               for k, (i, o) in enumerate(zip(in_chs, out_chs)))
+
+
+R50_OUT = (256, 512, 1024, 2048, 2048)              # a0..a3, a4 (pooled) of ResNet-50
+R18_IN, MNV2_IN = (64, 128, 256, 512, 512), (24, 32, 96, 1280, 1280)
+
+
+def test_reviewkd_original_mid_channel_parameter_counts_on_the_paper_pairs():
+    with torch.device('meta'):
+        t = build_model('resnet50', 67)
+        count = {(a, r): sum(p.numel() for p in build('reviewkd', build_model(a, 67), t, 224, recipe=r).parameters())
+                 for a in ('resnet18', 'mobilenet_v2') for r in ('dctkd', 'faithful')}
+    assert count['resnet18', 'dctkd'] == _abf_params(R18_IN, R50_OUT, 256) == 13_961_224
+    assert count['resnet18', 'faithful'] == _abf_params(R18_IN, R50_OUT, 512) == 27_910_664     # 512 for ResNet-18/34
+    assert count['mobilenet_v2', 'dctkd'] == count['mobilenet_v2', 'faithful'] == _abf_params(MNV2_IN, R50_OUT, 256) == 14_278_664
+
+
+def test_reviewkd_original_mid_channel_follows_the_students_pooled_width_and_alpha_is_1():
+    wide = [(64, 8, 8), (128, 4, 4), (256, 2, 2), (512, 1, 1), (512,)]
+    assert build('reviewkd', wide, T_SHAPES, 32, mid_channel='original').mid_channel == 512
+    assert build('reviewkd', S_SHAPES, T_SHAPES, 32, mid_channel='original').mid_channel == 256
+    assert build('reviewkd', wide, T_SHAPES, 32).mid_channel == 256                              # dctkd: 256 for all
+    assert build('reviewkd', S_SHAPES, T_SHAPES, 32, mid_channel=16).mid_channel == 16
+    with pytest.raises(ValueError, match='mid_channel'): build('reviewkd', S_SHAPES, T_SHAPES, 32, mid_channel='paper')
+    for recipe in ('dctkd', 'faithful'):
+        assert build('reviewkd', S_SHAPES, T_SHAPES, 32, recipe=recipe).alpha == 1.0
+        assert method_hparams('reviewkd', recipe)['alpha'] == method_hparams('reviewkd+kd', recipe)['alpha'] == 1.0
+    assert method_hparams('reviewkd', 'faithful')['mid_channel'] == 'original' and method_hparams('reviewkd')['mid_channel'] == 256
 
 
 # ---- beyond the paper: FitNet, CAT-KD, DKD, DIST, LS-KD ------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from dctkd import distillers
 from dctkd.data.toy import make_toy_scenes
 from dctkd import train as T
-from dctkd.config import make_config
+from dctkd.config import make_config, open_split
 from dctkd.runs import read_checkpoint
 from dctkd.train import fit
 
@@ -223,3 +223,19 @@ def test_two_process_run_needs_a_batch_that_splits_evenly(toy, tmp_path):
     assert r.returncode != 0
     assert 'batch_size=15 is the global batch, split over 2 processes; make it a multiple of 2' in r.stderr
     assert not list(tmp_path.rglob('config.json'))
+
+
+def test_a_batch_the_method_skips_takes_no_step(toy, teacher_run, tmp_path, monkeypatch):
+    "The faithful SemCKD skips partial batches (the original's fixed batch size): the trainer asks, and takes no step."
+    steps = []
+    real = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, 'step', lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    cfg = dict(BASE, root=str(toy), arch='resnet18', method='semckd', teacher=str(teacher_run), epochs=1, lr=0.001, batch_size=20)
+    n = len(open_split(make_config(**cfg), 'train', 'eval'))
+    assert n % 20, n                                                                  # the last batch is a partial one
+    run = fit(**cfg, out=str(tmp_path / 'f'), recipe='faithful')
+    assert len(steps) == n // 20
+    steps.clear()
+    fit(**cfg, out=str(tmp_path / 'd'))                                # dctkd's recipe trains on the partial batch too
+    assert len(steps) == n // 20 + 1
+    assert math.isfinite(float(_rows(run)[0]['train_loss']))
