@@ -26,8 +26,10 @@ METHOD = {
     'at': dict(alpha=1000.0, beta=1.0, delta=0.0, stages=(0, 1, 2, 3), variant='code'),
     'pkt': dict(alpha=30000.0, beta=1.0, delta=0.0),
     'vid': dict(alpha=1.0, beta=1.0, delta=0.0, stages=(1, 2, 3)),      # a0 skipped
-    'crd': dict(alpha=0.8, beta=1.0, delta=0.0, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5),
-    'semckd': dict(alpha=400.0, beta=1.0, delta=0.0, s_stages=(1, 2, 3), t_stages=(1, 2, 3), factor=4),
+    'crd': dict(alpha=0.8, beta=1.0, delta=0.0, feat_dim=128, nce_k=16384, nce_t=0.07, nce_m=0.5,
+                negatives='original'),                                # the sampler's first-N_CLASSES pool (§4.6)
+    'semckd': dict(alpha=400.0, beta=1.0, delta=0.0, s_stages=(1, 2, 3), t_stages=(1, 2, 3), factor=4,
+                   bn_eval_after_first_epoch=True, skip_partial=True),   # §2.6 quirks 1 and 3
 }
 PLUS_KD = dict(beta=0.1, delta=1.0, T=4.0)                               # "X + KD": 0.1·CE + α_X·L_X + 1·KD_4
 
