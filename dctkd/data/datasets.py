@@ -186,7 +186,7 @@ class _CifarUnpickler(pickle.Unpickler):
             "(`dctkd_download cifar100 ROOT`).")
 
 def _unpickle(path):
-    "The content of a CIFAR-100 pickle, read by `_CifarUnpickler`: nothing in the file can run code."
+    "The content of a CIFAR-100 pickle, read by the restricted unpickler: nothing in the file can run code."
     with open(path, 'rb') as f: return _CifarUnpickler(f, path).load()
 
 # %% ../../nbs/09_datasets.ipynb #46c1e5c1
