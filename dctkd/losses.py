@@ -186,6 +186,12 @@ def pkt_loss(student_vec:torch.Tensor, teacher_vec:torch.Tensor, eps:float=1e-7)
     return (pt * torch.log((pt + eps) / (ps + eps))).mean()
 
 # %% ../nbs/02_losses.ipynb #052df0b3
+def _same_logits(fn, student_logits, teacher_logits):
+    "Raise a ValueError naming `fn` unless both logits are (B, classes) of the same shape."
+    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
+        raise ValueError(f"{fn}: student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+
 def _non_target(z, targets):
     "The logits of every class but the target, (B, C-1), in class order (a gather: no host sync on GPU)."
     idx = torch.arange(z.shape[1] - 1, device=z.device)[None]
@@ -206,9 +212,7 @@ def dkd_loss(student_logits:torch.Tensor, # (B, classes)
              T:float=4.0,                 # temperature
             ) -> torch.Tensor:
     "Decoupled KD: α·T²·KL(b_T ‖ b_S) + β·T²·KL(p̂_T ‖ p̂_S), b = (p_t, 1 - p_t), p̂ = softmax over the non-target classes; batch mean."
-    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
-        raise ValueError(f"dkd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    _same_logits('dkd_loss', student_logits, teacher_logits)
     B, C = student_logits.shape
     if C < 2: raise ValueError("dkd_loss: needs at least 2 classes")
     if targets.shape != (B,): raise ValueError(f"dkd_loss: targets must be ({B},), got {tuple(targets.shape)}")
@@ -236,9 +240,7 @@ def dist_loss(student_logits:torch.Tensor, # (B, classes)
               eps:float=0.,                # added to the product of the norms in ρ: 1e-8 reproduces the official code
              ) -> torch.Tensor:
     "DIST: T²·(β·(1 - mean_b ρ(Y_S[b], Y_T[b])) + γ·(1 - mean_c ρ(Y_S[:, c], Y_T[:, c]))), Y = softmax(z/T), ρ Pearson."
-    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
-        raise ValueError(f"dist_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    _same_logits('dist_loss', student_logits, teacher_logits)
     dt = compute_dtype(student_logits.dtype)
     ys = F.softmax(student_logits.to(dt) / T, 1)
     yt = F.softmax(teacher_logits.detach().to(dt) / T, 1)
@@ -256,8 +258,6 @@ def ls_kd_loss(student_logits:torch.Tensor, # (B, classes)
                T:float=2.0,                 # temperature, applied to the z-scores
               ) -> torch.Tensor:
     "KD on z-scored logits: KD_T((z_S - mean)/(std + 1e-7), (z_T - mean)/(std + 1e-7)), std over classes with Bessel's correction."
-    if student_logits.shape != teacher_logits.shape or student_logits.ndim != 2:
-        raise ValueError(f"ls_kd_loss: student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} must be the same (B, classes)")
+    _same_logits('ls_kd_loss', student_logits, teacher_logits)
     dt = compute_dtype(student_logits.dtype)
     return kd_loss(_zscore(student_logits.to(dt)), _zscore(teacher_logits.detach().to(dt)), T)

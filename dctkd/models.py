@@ -11,7 +11,6 @@ import copy
 import difflib
 import fnmatch
 import functools
-import os
 import tempfile
 from pathlib import Path
 

@@ -159,10 +159,6 @@ def overlay_panel(image:np.ndarray,  # (H, W, 3) uint8
     return out
 
 # %% ../nbs/16_viz.ipynb #ba1c4326
-def _dataset_of(cfg:dict, split:str, root=None):
-    "The split of the run's dataset, read with the run's evaluation transform (`ds.spec`)."
-    return open_split(cfg, split, 'eval', root=root, cache=False)
-
 def extract_attention(run,                  # a run folder (or a checkpoint inside one)
                       split:str='train',    # 'train' (what the original used) or 'val'
                       n:int=16,             # how many images: the first n of the split, in list order
@@ -179,7 +175,7 @@ def extract_attention(run,                  # a run folder (or a checkpoint insi
     m = load_model(run, device=device)
     cfg = m.config
     if not cfg: raise ValueError(f"extract_attention: {run} is not a training run (no config in its checkpoint)")
-    ds = _dataset_of(cfg, split, root)
+    ds = open_split(cfg, split, 'eval', root=root, cache=False)      # the run's evaluation transform (`ds.spec`)
     if list(ds.classes) != list(m.classes):
         raise ValueError(f"{run} was trained on {len(m.classes)} classes but {split} of {root or cfg['root']} has {len(ds.classes)}")
     idx = list(range(min(int(n), len(ds)))) if indices is None else [int(i) for i in indices]
