@@ -16,6 +16,10 @@ py_versions = ['3.10', '3.11', '3.12', '3.13']
 min_python = cfg['min_python']
 requirements = cfg.get('requirements', '').split()
 dev_requirements = cfg.get('dev_requirements', '').split()
+# every `extra_<name> = pkgs` line of settings.ini is the extra `dctkd[<name>]`; `dev` is nbdev's dev_requirements,
+# `all` is every extra together (what `make install` and the tests use)
+extras = {'dev': dev_requirements, **{k[len('extra_'):]: cfg[k].split() for k in cfg if k.startswith('extra_')}}
+extras['all'] = sorted({r for reqs in extras.values() for r in reqs})
 console_scripts = cfg.get('console_scripts', '').split()
 readme = here / 'README.md'
 
@@ -41,7 +45,7 @@ setuptools.setup(
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require=extras,
     entry_points={
         'console_scripts': console_scripts,
         'nbdev': [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"],

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from fastcore.script import call_parse
 
+from ..compat import require
+
 # %% ../../nbs/tools/00_readme.ipynb #92ac990f
 def _frontmatter_md(fm):
     "The README's header (H1 title and description quote) from a notebook's front matter."
@@ -45,6 +47,7 @@ def readme_markdown(nb_path, # the readme notebook
                     dest=None, # folder the README is written to (default: the notebook's folder: image links unchanged)
                    ) -> str:
     "Markdown for README.md from the notebook at `nb_path`, processed the way nbdev processes docs."
+    require('nbdev execnb nbconvert', 'docs', 'readme_markdown')
     import nbformat
     from execnb.nbio import read_nb
     from nbconvert import MarkdownExporter
@@ -67,6 +70,7 @@ def readme_markdown(nb_path, # the readme notebook
 def render_readme(dest:str=None, # README path (default: README.md next to settings.ini)
                  ) -> Path:
     "Write README.md from the project's readme notebook (settings.ini `readme_nb`) without Quarto."
+    require('nbdev execnb nbconvert', 'docs', 'render_readme')
     from nbdev.config import get_config
     cfg = get_config()
     dest = Path(dest) if dest else cfg.config_path/'README.md'
@@ -81,4 +85,5 @@ def render_readme(dest:str=None, # README path (default: README.md next to setti
 def readme_cli(dest:str=None, # README path (default: README.md next to settings.ini)
               ):
     "Write README.md from the project's readme notebook, without Quarto (the `dctkd_readme` command)."
+    require('nbdev execnb nbconvert', 'docs', 'dctkd_readme', cli=True)   # a missing extra: a message, no traceback
     print(f"wrote {render_readme(dest)}")

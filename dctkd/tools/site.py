@@ -16,6 +16,7 @@ from pathlib import Path
 
 from fastcore.script import call_parse
 
+from ..compat import require
 from .readme import is_local_link
 
 # %% ../../nbs/tools/01_site.ipynb #3647003c
@@ -347,6 +348,7 @@ def site_cli(out:str='_docs', # output folder (git-ignored)
              mathjax:str=None, # local MathJax tex-svg.js (default: $DCTKD_MATHJAX or tests/site/node_modules)
             ):
     "Build the documentation site into `out` without Quarto (the `dctkd_site` command)."
+    require('nbdev execnb nbconvert', 'docs', 'dctkd_site', cli=True)   # a missing extra: a message, no traceback
     ex = True if execute == 'all' else [s for s in execute.split(',') if s]
     r = build_site(out, execute=ex, budget=budget, mathjax=mathjax)
     print(f"built {len(r['pages'])} pages into {r['out']} in {r['seconds']} s (math: {r['mathjax']}, figures: {r['figures']})")
