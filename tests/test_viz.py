@@ -244,7 +244,7 @@ def test_explorer_image_sources(explorer):
     assert ex.figures['attention'].get_suptitle().startswith('coast')
     np.testing.assert_array_equal(ex.state['crop'], prepare_image(PHOTOS['coast'], 32)[1])
     ex.source.value = 'dataset'
-    assert not ex.index.disabled and ex.photo.disabled
+    assert ex.index.layout.display is None and ex.photo.layout.display == 'none'   # only the controls that apply
     ex.index.value = 3
     assert ex.state['key'] == ('dataset', 3) and ex.state['target'] == ex.dataset.targets[3]
     assert f"GT: {ex.dataset.classes[ex.dataset.targets[3]]}" in ex.figures['attention'].get_suptitle()
