@@ -97,7 +97,7 @@ class Report:
         cmd = ' '.join(['python', f'benchmarks/{name}.py'] + sys.argv[1:])
         m = self.start
         print(f"{title}\n{m['date']}, {m['machine']}, {m['cores']} cores, load {load()} (1/5/15 min), "
-              f"torch {m['torch']}, {m['threads']} threads" + (f", {m['gpu']}" if m['gpu'] else '') + f"\n$ {cmd}")
+              f"torch {m['torch']} with {m['threads']} thread{'s' if m['threads'] != 1 else ''}" + (f", {m['gpu']}" if m['gpu'] else '') + f"\n$ {cmd}")
         self.cmd = cmd
 
     def line(self, text: str = '', md: str = None):
@@ -131,7 +131,7 @@ class Report:
         out = Path(self.args.out); out.mkdir(parents=True, exist_ok=True)
         m = self.start
         head = (f"Measured {m['date']} on {m['machine']} with {m['cores']} cores"
-                + (f" and {m['gpu']}" if m['gpu'] else ' (no GPU)') + f", torch {m['torch']}, {m['threads']} threads; "
+                + (f" and {m['gpu']}" if m['gpu'] else ' (no GPU)') + f", torch {m['torch']} with {m['threads']} thread{'s' if m['threads'] != 1 else ''}; "
                 f"load average {' / '.join(f'{v:.1f}' for v in m['loadavg'])} (1/5/15 min) at the start, {end} at the end"
                 + (" — **a busy machine**: absolute times are inflated, the interleaved ratios much less"
                    if m['loadavg'][0] > 0.75 * (m['cores'] or 1) else '') + f". Command: `{self.cmd}`.")

@@ -58,12 +58,12 @@ def main():
         root = rep.scratch                      # the toy data and its cache, removed at the end
         print(f'default_workers() = {default_workers()}')
         t = time.perf_counter()
-        make_toy_scenes(root / 'ade', 'ade20k', n_classes=8, n_per_class=math.ceil(a.n / 8), size=(w, h), seed=0,
+        make_toy_scenes(root / 'ade', 'ade20k', n_classes=8, n_per_class=math.ceil(a.n / 8), size=(w, h), seed=0, progress=False,
                         val_fraction=0)
         print(f'generated the toy ADE20K in {time.perf_counter() - t:.1f} s')
         pil = get_dataset('ade20k', root / 'ade', 'train', size=a.crop)
         t = time.perf_counter()
-        cached = CachedDataset(pil, cache_dir=root / 'cache', num_workers=a.workers, rebuild=True)
+        cached = CachedDataset(pil, cache_dir=root / 'cache', num_workers=a.workers, rebuild=True, progress=False)
         build = time.perf_counter() - t
         rep.line(f'\n{len(pil)} JPEGs {w}×{h} in ADE20K\'s layout, training transforms (resize {round(a.crop * 256 / 224)}, '
                  f'random crop {a.crop}, flip, normalise), batch {a.batch}, {a.workers} workers; epochs of the two '

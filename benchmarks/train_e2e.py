@@ -45,7 +45,8 @@ def main():
     w, h = (int(v) for v in a.image.lower().split('x'))
     with Report('train_e2e', 'End to end: `fit` with the fast paths against the plain one (`benchmarks/train_e2e.py`)', a) as rep:
         tmp = rep.scratch
-        data = make_toy_scenes(tmp / 'ade', layout='ade20k', n_classes=8, n_per_class=max(1, a.n // 8), size=(w, h))
+        data = make_toy_scenes(tmp / 'ade', layout='ade20k', n_classes=8, n_per_class=max(1, a.n // 8), size=(w, h),
+                               progress=False)
         common = dict(dataset='ade20k', root=str(data), out=str(tmp / 'runs'), arch=a.arch, image_size=a.size,
                       batch_size=a.batch, epochs=a.epochs, lr=0.01, lr_step=a.epochs, workers=a.workers, progress=False)
         setups = {'plain': dict(amp='off', channels_last='off', cache=False),
