@@ -78,8 +78,6 @@ def test_saved_experiment_outputs_keep_the_sync_check_green(tmp_path):
     venv = BIN.parent
     sync = lambda: subprocess.run(['make', '-s', 'sync', f'VENV={venv}', '-o', f'{venv}/.dctkd-installed'], cwd=repo,
                                   capture_output=True, text=True, timeout=300, env={**os.environ, 'PATH': f'{BIN}:{os.environ["PATH"]}'})
-    r = sync()
-    assert r.returncode == 0 and 'in sync' in r.stdout, r.stdout + r.stderr
     explore = repo / 'nbs' / 'experiments' / 'explore.ipynb'
     lab_save(explore)
     r = sync()
