@@ -168,7 +168,7 @@ def check_config(cfg:TrainConfig):
             raise ValueError(f"config {k}={getattr(cfg, k)}: must be ≥ 0, or -1 for the method's default")
     if cfg.image_size > MAX_IMAGE_SIZE:
         raise ValueError(f"config image_size={cfg.image_size}: at most {MAX_IMAGE_SIZE} (the paper trains at 224; at {MAX_IMAGE_SIZE} px "
-                         "a single ResNet-50 training image already keeps several GiB of activations)")
+                         "one ResNet-50 training image keeps about 10 GiB of layer outputs)")
     if not (cfg.resize in (-1, 0) or cfg.image_size <= cfg.resize <= 2 * MAX_IMAGE_SIZE):
         raise ValueError(f"config resize={cfg.resize}: -1 (256/224 × image_size), 0 (keep the image's size) or a short side "
                          f"from image_size={cfg.image_size} to {2 * MAX_IMAGE_SIZE}")
