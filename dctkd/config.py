@@ -8,6 +8,7 @@ __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESU
            'resume_config', 'dataset_dir', 'open_split', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
+import ast
 import dataclasses
 import json
 import math
@@ -274,13 +275,29 @@ def method_hparams(cfg) -> dict:
 # %% ../nbs/11_config.ipynb #cd0c8e47
 _SHELL = {'In', 'Out', 'exit', 'quit', 'get_ipython', 'open'}   # names IPython puts in every namespace
 
+def _assigned(src:str) -> list:
+    "The names a cell's source assigns at top level (`x = ...` or `x: T = ...`), in order; [] when it does not parse."
+    try: body = ast.parse(src).body
+    except SyntaxError: return []
+    return [t.id for s in body if isinstance(s, (ast.Assign, ast.AnnAssign))
+            for t in (s.targets if isinstance(s, ast.Assign) else [s.target]) if isinstance(t, ast.Name)]
+
+def _injected(ns:dict, declared:dict) -> list:
+    "Names that papermill's injected cell (`# Parameters`) assigned after the parameters cell last ran; without `In`, every public name."
+    history = ns.get('In')
+    if not isinstance(history, list):
+        return [k for k, v in ns.items() if not k.startswith('_') and k not in _SHELL and not callable(v) and type(v).__name__ != 'module']
+    for src in reversed(history):
+        if src.lstrip().startswith('# Parameters'): return _assigned(src)
+        if declared and set(_assigned(src)) >= set(declared): return []   # the parameters cell itself, with no injection after it
+    return []
+
 def check_params(ns:dict, # the notebook's `globals()`, after its parameters cell (and papermill's injected one)
                 ) -> dict:
-    "The notebook's parameters (the annotated names of its parameters cell) by name; a TypeError naming any undeclared name or mistyped value."
+    "The notebook's parameters (the annotated names of its parameters cell) by name; a TypeError naming an undeclared or mistyped one."
     declared = dict(ns.get('__annotations__', {}))
     sig = ', '.join(f"{k}: {getattr(t, '__name__', t)}" for k, t in declared.items())
-    unknown = sorted(k for k, v in ns.items() if k not in declared and not k.startswith('_') and k not in _SHELL
-                     and not callable(v) and type(v).__name__ != 'module')
+    unknown = sorted(set(_injected(ns, declared)) - set(declared))
     if unknown: raise TypeError(f"unknown parameter(s) {unknown}: this notebook takes {sig}")
     for k, t in declared.items():
         v = ns.get(k)
