@@ -208,7 +208,7 @@ def test_two_process_gloo_run_matches_one_process_and_writes_one_folder(toy, tea
     (two,), (ref,), (plain,) = _rows(runs[0]), _rows(one), _rows(tmp_path / 'plain' / 'toy-scenes' / 'plain')
     # float tolerance: one process alone moves its validation loss by ~6e-5 (relative) between 1 and 2 threads
     for k in ref:
-        if k == 'time_s': continue
+        if k in ('time_s', 'img_s'): continue
         assert math.isclose(float(two[k]), float(ref[k]), rel_tol=2e-4, abs_tol=1e-6), (k, two[k], ref[k])
     # the check can fail: plain DDP BatchNorm (sync_bn=off) trains a visibly different network (~1 % here)
     assert not math.isclose(float(plain['train_ce']), float(ref['train_ce']), rel_tol=5e-3)
