@@ -52,7 +52,7 @@ test: sync
 demo: $(DEMO_STAMP)
 	@mkdir -p runs/demo; out=$$(mktemp -d runs/demo/$$(date +%Y%m%d-%H%M%S)-XXXX); \
 	echo "quickstart -> $$out (a few minutes on 2 CPU cores)"; \
-	(cd nbs/experiments && env -u MPLBACKEND ../../$(BIN)/papermill -k python3 --cwd . quickstart.ipynb ../../$$out/quickstart.ipynb -p out ../../$$out) || exit 1; \
+	(cd nbs/experiments && env -u MPLBACKEND ../../$(BIN)/papermill -k python3 --log-output --no-progress-bar --cwd . quickstart.ipynb ../../$$out/quickstart.ipynb -p out ../../$$out) || exit 1; \
 	$(BIN)/jupyter nbconvert --to html --log-level WARN $$out/quickstart.ipynb >/dev/null; \
 	cat $$out/results.md; \
 	echo "report: $$out/quickstart.html (executed notebook: $$out/quickstart.ipynb)"

@@ -11,7 +11,7 @@ import dataclasses
 import json
 import os
 
-from .config import (PRESETS, TrainConfig, config_fields, given_keys, make_config, method_hparams, parse_overrides,
+from .config import (PRESETS, TrainConfig, check_device, config_fields, given_keys, make_config, method_hparams, parse_overrides,
                           resume_config)
 from .evaluate import evaluate, format_report
 from .runs import read_config
@@ -43,6 +43,8 @@ def train_cli(argv=None):
     except (ValueError, FileNotFoundError) as e: ap.error(str(e))
     if args.dry_run:                              # what will run: the config, with the method's resolved hyper-parameters
         print(json.dumps({**dataclasses.asdict(cfg), 'hparams': method_hparams(cfg)}, indent=2, default=str)); return 0
+    try: check_device(cfg.device)                 # this machine: e.g. device=cuda without a GPU
+    except ValueError as e: ap.error(str(e))
     run = fit(**given)
     if int(os.environ.get('RANK', 0)) == 0: print(f"run folder: {run}")
     return 0

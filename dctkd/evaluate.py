@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['Metrics', 'confusion_figure', 'per_class_figure', 'ssim', 'attention_ssim', 'average_crops', 'evaluate_model',
-           'format_report', 'evaluate']
+           'format_report', 'results_json', 'evaluate']
 
 # %% ../nbs/14_evaluate.ipynb #3db55d0f
 import datetime
@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -448,6 +449,20 @@ def format_report(results:dict,          # what `evaluate_model` or `Metrics.com
     if n_present < C: lines += ['', f'{C - n_present} of {C} classes have no sample in this split.']
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/14_evaluate.ipynb #dbffb0aa
+def results_json(results:dict, # what `evaluate`, `evaluate_model` or `Metrics.compute` returns (or a dict of them by checkpoint)
+                 drop=('predictions', 'targets', 'indices'), # per-sample arrays left out
+                ) -> dict:
+    "`results` as plain JSON values: tensors and arrays become numbers and lists of numbers, paths strings."
+    def plain(v):
+        if torch.is_tensor(v) or isinstance(v, np.ndarray): return v.tolist()
+        if isinstance(v, np.generic): return v.item()
+        if isinstance(v, dict): return {str(k): plain(x) for k, x in v.items() if k not in drop}
+        if isinstance(v, (list, tuple)): return [plain(x) for x in v]
+        if isinstance(v, Path): return str(v)
+        return v
+    return plain(results)
+
 # %% ../nbs/14_evaluate.ipynb #aaa020e2
 def evaluate(run,                 # a run folder or a training checkpoint
              split:str='val',     # the split to evaluate
@@ -483,8 +498,7 @@ def evaluate(run,                 # a run folder or a training checkpoint
         base = f"eval-{split}-{which}{'-tencrop' if ten_crop else ''}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         out = claim(run, base + '.json', lambda p: open(p, 'x').close())
         stem = out.name[:-len('.json')]
-        plain = {k: (v.tolist() if torch.is_tensor(v) else v) for k, v in res.items() if k not in ('predictions', 'targets', 'indices')}
-        atomic_text(out, json.dumps(plain, indent=2, default=str))
+        atomic_text(out, json.dumps(results_json(res), indent=2))
         atomic_text(run / f"{stem}.md", format_report(res, classes, title=f"{ck['arch']} · {split} · {which} epoch {ck['epoch'] + 1}"))
         fig = confusion_figure(res['confusion'], classes)
         atomic_write(run / f"{stem}-confusion.png", lambda t: fig.savefig(t, dpi=80, format='png'))

@@ -17,8 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distillers
-from .config import TrainConfig, given_keys, make_config, method_hparams, open_split, resume_config
+from .config import TrainConfig, check_device, given_keys, make_config, method_hparams, open_split, resume_config
 from .data.cache import make_loader
+from .data.images import BadImageError
 from .distributed import Dist, ShardSampler, all_reduce_sum, epoch_seed, rng_state, seed_everything, setup_distributed, sync_batchnorm
 from .evaluate import Metrics
 from .models import TappedModel, build_model
@@ -45,11 +46,15 @@ class Trainee(nn.Module):
         return self.distiller(out, teacher_out, targets, index), out
 
 # %% ../nbs/15_train.ipynb #83c3a756
-def _tensorboard(run):
-    "A TensorBoard writer into the run folder when tensorboard is installed, else None."
+def _tensorboard(mode:str, run=None):
+    "A TensorBoard writer into `run`/tensorboard (None: only check): `mode` 'auto' when installed, 'on' or an error naming the extra, 'off' none."
+    if mode == 'off': return None
     try: from torch.utils.tensorboard import SummaryWriter
-    except ImportError: return None
-    return SummaryWriter(str(Path(run) / 'tensorboard'))
+    except ImportError:
+        if mode == 'on': raise ImportError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' "
+                                           "(or tensorboard=auto to train without it)") from None
+        return None
+    return SummaryWriter(str(Path(run) / 'tensorboard')) if run is not None else None
 
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite."
@@ -69,6 +74,10 @@ def _progress(iterable, total, desc, enabled):
     in_notebook = 'ipykernel' in sys.modules
     return tqdm(iterable, total=total, desc=desc, leave=False, disable=not enabled or not (in_notebook or sys.stderr.isatty()))
 
+def _skipped(ds) -> list:
+    "(file, reason) of the images a `skip_bad` dataset left out (a cached dataset: its source's)."
+    return list(getattr(getattr(ds, 'source', ds), 'skipped', []))
+
 # %% ../nbs/15_train.ipynb #912641f9
 def _resolve(cfg, preset, overrides) -> tuple:
     "The config to train, the run folder to resume ('' for a new run) and the keys a resume changes."
@@ -80,9 +89,11 @@ def _resolve(cfg, preset, overrides) -> tuple:
     return dataclasses.replace(new, resume=resume), resume, changed
 
 def _log_epoch(row, epochs):
+    "One line per epoch on stdout (terminals, log files, notebooks): every loss term, validation top-1/top-5, LR, speed, time."
     terms = ', '.join(f"{k[6:]} {v:.4g}" for k, v in row.items() if k.startswith('train_') and k != 'train_loss')
     print(f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4g} ({terms})  val top-1 {row['val_top1']:.2f}  "
-          f"top-5 {row['val_top5']:.2f}  loss {row['val_loss']:.4g}  lr {row['lr']:.3g}  {row['time_s']:.1f} s", flush=True)
+          f"top-5 {row['val_top5']:.2f}  loss {row['val_loss']:.4g}  lr {row['lr']:.3g}  {row['img_s']:.0f} img/s  "
+          f"{row['time_s']:.1f} s", flush=True)
 
 def fit(cfg:TrainConfig=None, # the run; see `make_config`
         *, preset:str=None,   # or: start from this preset (only the keys it sets, then `overrides`)
@@ -90,6 +101,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
        ) -> Path:
     "Train (and validate every epoch) the run described; returns its run folder. `resume=RUN` continues RUN."
     cfg, resume, changed = _resolve(cfg, preset, overrides)
+    check_device(cfg.device); _tensorboard(cfg.tensorboard)          # before anything is built: a clear error naming the key
     d = setup_distributed(cfg.device)
     if cfg.batch_size % d.world:
         raise ValueError(f"config batch_size={cfg.batch_size} is the global batch, split over {d.world} processes; "
@@ -103,6 +115,10 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         dist.barrier()
         if not d.main: train_ds, val_ds = open_data(False)
     classes = list(train_ds.classes)
+    if d.main:
+        for split, ds in (('train', train_ds), (cfg.val_split, val_ds)):
+            if _skipped(ds): print(f"skip_bad: skipped {len(_skipped(ds))} unreadable image(s) of {split}:\n"
+                                   + '\n'.join(f"  {f}: {why}" for f, why in _skipped(ds)), flush=True)
 
     # networks
     seed_everything(cfg.seed)
@@ -144,13 +160,15 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
             sched.step_size, sched.gamma = cfg.lr_step, cfg.lr_gamma   # a resume may re-time the schedule
             start, best, history = ck['epoch'] + 1, ck['best_top1'], list(ck['history'])
         if d.main and resume: record_resume(run, cfg, start, changed)
-        tb = _tensorboard(run) if d.main else None
+        tb = _tensorboard(cfg.tensorboard, run) if d.main else None
 
         for epoch in range(start, cfg.epochs):
             seed_everything(epoch_seed(cfg.seed, epoch))
             trainee.distiller.start_epoch(epoch, cfg.epochs)   # epoch-aware methods (e.g. a warm-up) set their weights
             t0 = time.time()
-            train_terms = _train_epoch(model, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
+            try: train_terms, images = _train_epoch(model, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
+            except BadImageError as e: raise BadImageError(f"{e}; set skip_bad=true to train without the unreadable images") from e
+            img_s = images / max(time.time() - t0, 1e-9)
             if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
                 for b in trainee.buffers(): dist.broadcast(b, 0)
             val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show)
@@ -161,7 +179,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
             sched.step()
             row = {'epoch': epoch + 1, 'lr': lr,
                    **{f'train_{k}': v for k, v in train_terms.items()},
-                   **{f'val_{k}': v for k, v in val.items()}, 'time_s': round(time.time() - t0, 3)}
+                   **{f'val_{k}': v for k, v in val.items()}, 'img_s': round(img_s, 1), 'time_s': round(time.time() - t0, 3)}
             history.append(row)
             improved = val['top1'] > best
             best = max(best, val['top1'])
@@ -172,7 +190,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
                                  'scheduler': sched.state_dict(), 'scaler': scaler.state_dict(), 'rng': rng_state(),
                                  'config': dataclasses.asdict(cfg), 'history': history, 'best_top1': best,
                                  'versions': versions()}, improved)
-                if cfg.progress: _log_epoch(row, cfg.epochs)
+                _log_epoch(row, cfg.epochs)
                 if tb is not None:
                     for k, v in row.items():
                         if k != 'epoch': tb.add_scalar(k.replace('_', '/', 1), v, epoch + 1)
@@ -185,11 +203,13 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
 
 # %% ../nbs/15_train.ipynb #d5727e4b
 def _train_epoch(model, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
+    "One epoch: the mean of each loss term over its samples (all ranks), and the number of samples trained on."
     model.train()
     distiller = (model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model).distiller
     sums, n = {}, torch.zeros((), dtype=torch.float64)
     total = len(loader) if not cfg.max_batches else min(cfg.max_batches, len(loader))
-    for b, (x, y, idx) in enumerate(_progress(loader, total, f'epoch {epoch + 1}/{cfg.epochs}', cfg.progress and d.main)):
+    bar = _progress(loader, total, f'epoch {epoch + 1}/{cfg.epochs}', cfg.progress and d.main)
+    for b, (x, y, idx) in enumerate(bar):
         if cfg.max_batches and b >= cfg.max_batches: break
         if distiller.skip_batch(len(y)): continue          # a method may skip a batch (e.g. the original SemCKD's partial ones)
         if cl: x = x.contiguous(memory_format=torch.channels_last)
@@ -206,11 +226,12 @@ def _train_epoch(model, teacher, loader, opt, scaler, amp, cl, cfg, d, epoch):
         scaler.step(opt); scaler.update()
         for k, v in terms.items(): sums[k] = sums.get(k, 0.) + float(v.detach()) * len(y)
         n += len(y)
+        bar.set_postfix(loss=f"{sum(sums.values()) / float(n):.4g}", refresh=False)   # the running mean loss of the epoch
     keys = sorted(sums)
     t = all_reduce_sum(torch.tensor([sums[k] for k in keys] + [float(n)], dtype=torch.float64))
     out = {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
     out['loss'] = sum(out.values())
-    return out
+    return out, float(t[-1])
 
 @torch.no_grad()
 def _validate(student, loader, num_classes, amp, cl, d, show):

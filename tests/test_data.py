@@ -721,9 +721,15 @@ def test_download_cli(mit_server, tmp_path):
     env = {**os.environ, 'no_proxy': '127.0.0.1,localhost', 'NO_PROXY': '127.0.0.1,localhost'}
     run = lambda *a: subprocess.run([sys.executable, str(script), *a], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     r = run('--help')
-    assert r.returncode == 0 and '--mirror' in r.stdout and '--sha256' in r.stdout and '--keep_archives' in r.stdout
+    assert r.returncode == 0 and '--mirror' in r.stdout and '--sha256' in r.stdout and '--keep-archives' in r.stdout
+    assert '--keep_archives' not in r.stdout                        # the old spelling still works, unadvertised
     r = run('mit67', str(tmp_path / 'bad'), '--mirror', mit_server.url, '--sha256', '1' * 64)
     assert r.returncode != 0 and 'dctkd_download:' in r.stderr and 'differs from the expected' in r.stderr
     r = run('mit67', str(tmp_path / 'mit'), '--mirror', mit_server.url)
     assert r.returncode == 0, r.stderr
     assert len(get_dataset('mit67', tmp_path / 'mit', transform=None)) == len(MIT_TRAIN)
+    assert not (tmp_path / 'mit' / 'downloads').exists()            # archives deleted by default
+    for flag, dest in (('--keep-archives', 'kept'), ('--keep_archives', 'kept-old')):
+        r = run('mit67', str(tmp_path / dest), '--mirror', mit_server.url, flag)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / dest / 'downloads' / 'indoorCVPR_09.tar').exists(), flag

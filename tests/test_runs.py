@@ -73,7 +73,7 @@ def _kill_run(cfg, when, delay=None):
 
 def _state(run):
     ck = read_checkpoint(run, which='latest')
-    rows = [{k: v for k, v in r.items() if k != 'time_s'} for r in ck['history']]
+    rows = [{k: v for k, v in r.items() if k not in ('time_s', 'img_s')} for r in ck['history']]   # all but the clock
     return ck['student'], ck['distiller'], ck['optimizer']['state'], rows
 
 

@@ -3,6 +3,8 @@ import csv
 import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -92,7 +94,8 @@ def test_resume_after_a_kill_is_exact(toy, teacher_run, tmp_path, monkeypatch):
     assert resumed == run_b
     a, b = read_checkpoint(Path(straight) / 'checkpoints' / 'latest.pt'), read_checkpoint(Path(resumed) / 'checkpoints' / 'latest.pt')
     assert all(torch.equal(a['student'][k], b['student'][k]) for k in a['student'])
-    assert _rows(straight) == [{**r, 'time_s': _rows(straight)[i]['time_s']} for i, r in enumerate(_rows(resumed))]
+    timed = lambda r: {k: v for k, v in r.items() if k not in ('time_s', 'img_s')}      # everything but the clock
+    assert [timed(r) for r in _rows(straight)] == [timed(r) for r in _rows(resumed)]
 
 
 def test_run_folders_are_never_reused(toy, tmp_path):
@@ -205,7 +208,7 @@ def test_two_process_gloo_run_matches_one_process_and_writes_one_folder(toy, tea
     (two,), (ref,), (plain,) = _rows(runs[0]), _rows(one), _rows(tmp_path / 'plain' / 'toy-scenes' / 'plain')
     # float tolerance: one process alone moves its validation loss by ~6e-5 (relative) between 1 and 2 threads
     for k in ref:
-        if k == 'time_s': continue
+        if k in ('time_s', 'img_s'): continue
         assert math.isclose(float(two[k]), float(ref[k]), rel_tol=2e-4, abs_tol=1e-6), (k, two[k], ref[k])
     # the check can fail: plain DDP BatchNorm (sync_bn=off) trains a visibly different network (~1 % here)
     assert not math.isclose(float(plain['train_ce']), float(ref['train_ce']), rel_tol=5e-3)
@@ -239,3 +242,68 @@ def test_a_batch_the_method_skips_takes_no_step(toy, teacher_run, tmp_path, monk
     fit(**cfg, out=str(tmp_path / 'd'))                                # dctkd's recipe trains on the partial batch too
     assert len(steps) == n // 20 + 1
     assert math.isfinite(float(_rows(run)[0]['train_loss']))
+
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/2  loss (\S+) \(ce (\S+)\)  val top-1 (\S+)  top-5 (\S+)  loss (\S+)  lr (\S+)  (\d+) img/s  (\S+) s")
+
+
+def test_a_redirected_train_log_has_one_line_per_epoch(toy, tmp_path):
+    "`dctkd_train ... > log`: stdout is a file, not a terminal; every epoch still prints its line, with every field."
+    log = tmp_path / 'train.log'
+    args = ['dataset=toy', f'root={toy}', f'out={tmp_path}', 'image_size=32', 'resize=36', 'batch_size=16', 'lr=0.05',
+            'epochs=2', 'max_batches=2', 'workers=0', 'name=logged']
+    with open(log, 'w') as f:
+        r = subprocess.run([sys.executable, '-c', 'import sys; from dctkd.cli import train_cli; sys.exit(train_cli())', *args],
+                           stdout=f, stderr=subprocess.PIPE, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = log.read_text()
+    lines = [l for l in text.splitlines() if l.startswith('epoch ')]
+    assert len(lines) == 2, text
+    rows = _rows(tmp_path / 'toy-scenes' / 'logged')
+    for line, row in zip(lines, rows):                              # the line shows what metrics.csv recorded
+        m = EPOCH_LINE.fullmatch(line)
+        assert m, line
+        epoch, loss, ce, top1, top5, vloss, lr, img_s, secs = m.groups()
+        assert int(epoch) == int(row['epoch'])
+        assert math.isclose(float(loss), float(row['train_loss']), rel_tol=1e-3) and math.isclose(float(ce), float(row['train_ce']), rel_tol=1e-3)
+        assert float(top1) == round(float(row['val_top1']), 2) and float(top5) == round(float(row['val_top5']), 2)
+        assert math.isclose(float(lr), float(row['lr']), rel_tol=1e-2) and int(img_s) > 0 and float(secs) > 0
+    assert text.rstrip().splitlines()[-1] == f"run folder: {tmp_path / 'toy-scenes' / 'logged'}"
+    assert '\r' not in text and 'it/s' not in text                    # no progress bars in a log file
+
+
+def test_device_not_on_this_machine_is_a_clear_error(toy, tmp_path, capsys):
+    if torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    with pytest.raises(ValueError, match="config device='cuda': this machine has no usable CUDA GPU"):
+        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), epochs=1, device='cuda'))
+    assert not (tmp_path / 'toy-scenes').exists()                      # refused before a run folder was made
+    from dctkd.cli import train_cli
+    with pytest.raises(SystemExit) as e: train_cli(['dataset=toy', f'root={toy}', f'out={tmp_path}', 'device=cuda'])
+    assert e.value.code == 2 and "config device='cuda': this machine has no usable CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('key,value,msg', [('lr_gamma', '-3', 'lr_gamma=-3.0: must be in (0, 1]'), ('lr', '0', 'lr=0.0: must be > 0'),
+                                           ('epochs', '-1', 'epochs=-1: must be ≥ 1'),
+                                           ('image_size', '100000', 'image_size=100000: at most 2048')])
+def test_nonsensical_numbers_are_refused_by_the_cli(key, value, msg, tmp_path, capsys):
+    from dctkd.cli import train_cli
+    with pytest.raises(SystemExit) as e: train_cli(['dataset=toy', f'root={tmp_path / "toy"}', f'out={tmp_path}', f'{key}={value}'])
+    assert e.value.code == 2 and f"config {msg}" in capsys.readouterr().err
+    assert not (tmp_path / 'toy').exists()                             # refused up front: nothing generated, nothing trained
+
+
+def test_skip_bad_trains_without_unreadable_images_and_names_them(toy, tmp_path, capsys):
+    root = tmp_path / 'toy'; shutil.copytree(toy, root)
+    first = (root / 'TrainImages.txt').read_text().splitlines()[0]
+    bad = root / 'Images' / first
+    bad.write_bytes(bad.read_bytes()[:100])                            # a truncated JPEG
+    cfg = dict(BASE, root=str(root), out=str(tmp_path / 'runs'), epochs=1)
+    with pytest.raises(OSError, match=re.escape(str(bad)) + r".*set skip_bad=true"):   # off by default: an error naming the file
+        fit(make_config(**cfg))
+    capsys.readouterr()
+    run = fit(make_config(**cfg, skip_bad=True, max_batches=1, name='skipped'))
+    out = capsys.readouterr().out
+    assert f"skip_bad: skipped 1 unreadable image(s) of train:\n  {bad}: " in out
+    n_train = len((root / 'TrainImages.txt').read_text().splitlines())
+    assert len(open_split(make_config(**cfg, skip_bad=True), 'train', 'eval')) == n_train - 1
+    assert [r['epoch'] for r in _rows(run)] == ['1']

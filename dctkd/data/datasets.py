@@ -86,8 +86,14 @@ def _require(path, name, root) -> Path:
     return Path(path)
 
 def _lines(path) -> list:
-    "(line number, text) of the non-empty lines of a text file, surrounding whitespace removed."
-    with open(path, encoding='utf-8') as f: return [(n, s) for n, line in enumerate(f, 1) if (s := line.strip())]
+    "(line number, text) of the non-empty lines of a UTF-8 text file, surrounding whitespace removed; a ValueError naming the file and line when it is not UTF-8."
+    data = Path(path).read_bytes()
+    try: text = data.decode('utf-8-sig')
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b'\n') + 1
+        raise ValueError(f"{path}, line {line}: not UTF-8 text (byte {data[e.start:e.start + 1]!r} at offset {e.start}); "
+                         "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
+    return [(n, s) for n, line in enumerate(text.splitlines(), 1) if (s := line.strip())]
 
 def _check_files(files, list_file, name, root):
     "A `DatasetNotFoundError` when images listed in `list_file` are missing (one directory listing per folder: fast)."
@@ -186,8 +192,13 @@ class _CifarUnpickler(pickle.Unpickler):
             "(`dctkd_download cifar100 ROOT`).")
 
 def _unpickle(path):
-    "The content of a CIFAR-100 pickle, read by the restricted unpickler: nothing in the file can run code."
-    with open(path, 'rb') as f: return _CifarUnpickler(f, path).load()
+    "The content of a CIFAR-100 pickle, read by the restricted unpickler: nothing in the file can run code; a ValueError naming a corrupt file."
+    with open(path, 'rb') as f:
+        try: return _CifarUnpickler(f, path).load()
+        except UnsafePickleError: raise
+        except Exception as e:          # a truncated or overwritten file: the unpickler may fail in many ways
+            raise ValueError(f"{path}: not a readable CIFAR-100 pickle ({type(e).__name__}: {e}); the file is corrupt or truncated - "
+                             "download it again with `dctkd_download cifar100 ROOT --force`") from e
 
 # %% ../../nbs/09_datasets.ipynb #46c1e5c1
 def _entry(d, key, path):

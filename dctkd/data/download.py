@@ -6,6 +6,7 @@
 __all__ = ['fetch', 'download', 'download_cli']
 
 # %% ../../nbs/10_download.ipynb #6b6714de
+import argparse
 import contextlib
 import hashlib
 import http.client
@@ -18,7 +19,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from fastcore.script import call_parse
 from tqdm.auto import tqdm
 
 from .datasets import DOWNLOADS, TITLES, Resource, get_dataset
@@ -134,15 +134,17 @@ def download(name:str,                # 'ade20k', 'sun397', 'mit67' or 'cifar100
     if progress: print(f"{TITLES[name]}: {len(ds)} training images, {len(ds.classes)} classes in {root}")
     return root
 
-@call_parse
-def download_cli(name:str,                 # dataset: ade20k, sun397, mit67 or cifar100
-                 root:str,                 # folder to put it in (what get_dataset's `root` then is)
-                 sha256:str=None,          # expected sha256 of the main archive (printed after a download when not pinned)
-                 mirror:str=None,          # base URL of a mirror holding the same file names
-                 keep_archives:bool=False, # keep the archives after extracting them
-                 force:bool=False,         # download and extract again even when present
-                ):
+def download_cli(argv=None):
     "Download, check and extract a scene-recognition dataset into the layout dctkd reads (the `dctkd_download` command)."
-    try: download(name, root, sha256=sha256, mirror=mirror, keep_archives=keep_archives, force=force)
+    ap = argparse.ArgumentParser(prog='dctkd_download', description=download_cli.__doc__.split(' (')[0] + '.')
+    ap.add_argument('name', help='dataset: ' + ', '.join(DOWNLOADS))
+    ap.add_argument('root', help="folder to put it in (what get_dataset's `root` then is)")
+    ap.add_argument('--sha256', help='expected sha256 of the main archive (printed after a download when not pinned)')
+    ap.add_argument('--mirror', help='base URL of a mirror holding the same file names')
+    ap.add_argument('--keep-archives', action='store_true', help='keep the archives after extracting them')
+    ap.add_argument('--keep_archives', action='store_true', dest='keep_archives', help=argparse.SUPPRESS)   # the old spelling
+    ap.add_argument('--force', action='store_true', help='download and extract again even when present')
+    a = ap.parse_args(argv)
+    try: download(a.name, a.root, sha256=a.sha256, mirror=a.mirror, keep_archives=a.keep_archives, force=a.force)
     except (DownloadError, ChecksumError, DatasetNotFoundError, ValueError) as e:
         raise SystemExit(f"dctkd_download: {e}")

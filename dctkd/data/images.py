@@ -46,10 +46,19 @@ class UnsafePickleError(pickle.UnpicklingError, ValueError):
 
 
 # %% ../../nbs/06_images.ipynb #50b43507
+_WIDE = ('I', 'I;16', 'I;16L', 'I;16B', 'I;16N')   # PIL's modes of 16-bit greyscale (PNG, TIFF)
+
+def _rgb(im:Image.Image) -> Image.Image:
+    "`im` as 8-bit RGB; 16-bit greyscale scaled from 0..65535 (PIL's own `convert` clips it at 255: almost all white)."
+    if im.mode in _WIDE:
+        a = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.rint(a / 257), 0, 255).astype(np.uint8), 'L')
+    return im.convert('RGB')
+
 def load_image(path) -> Image.Image:
-    "Decode the image at `path` completely, as RGB; a `BadImageError` naming the path when it can't be read."
+    "Decode the image at `path` completely, as RGB (16-bit images scaled to 8 bits); a `BadImageError` naming the path when it can't be read."
     try:
-        with Image.open(path) as im: return im.convert('RGB')
+        with Image.open(path) as im: return _rgb(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise BadImageError(f"cannot read image {path}: {e}") from e
 
