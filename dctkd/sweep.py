@@ -205,10 +205,13 @@ def _job_main(argv=None) -> int:
     ap.add_argument('--result', default=None, help='write {"ok": ..., "error": traceback} here')
     a = ap.parse_args(argv)
     spec = json.loads(a.job if a.job.lstrip().startswith('{') else Path(a.job).read_text())
+    t0 = time.time()
+    print(f"{_now()} job {spec['key']} -> {spec['folder']} (pid {os.getpid()}, {os.uname().nodename})", flush=True)
     try: res = {'ok': True, **run_job(spec)}
     except BaseException:
         res = {'ok': False, 'error': traceback.format_exc()}
         print(res['error'], file=sys.stderr, flush=True)
+    print(f"{_now()} job {spec['key']} {'done' if res['ok'] else 'FAILED'} after {time.time() - t0:.1f} s", flush=True)
     if a.result: atomic_text(a.result, json.dumps(res))
     return 0 if res['ok'] else 1
 
