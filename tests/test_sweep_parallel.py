@@ -66,9 +66,9 @@ def test_jobs2_students_wait_for_teacher_and_equal_sequential_bitwise(toy, tmp_p
 
 def test_submitit_local_records_a_failure_and_resubmits_only_it(toy, tmp_path):
     pytest.importorskip('submitit')
-    late = tmp_path / 'late-toy'                                 # t-bad's dataset appears only before the second sweep
-    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:2] + [f'{{name: t-bad, arch: resnet18, root: {late}}}',
-                                                               '{name: s-bad, arch: resnet18, method: dct, teacher: t-bad}'])
+    late = tmp_path / 'late-toy'                     # t-bad's dataset (toy scenes in MIT67's layout) appears only before the second sweep
+    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:2] + [f'{{name: t-bad, arch: resnet18, dataset: mit67, root: {late}}}',
+                                                               f'{{name: s-bad, arch: resnet18, dataset: mit67, root: {late}, method: dct, teacher: t-bad}}'])
     out = tmp_path / 'sweep'
     st = run_sweep(str(plan), out, executor='submitit', cluster='local', jobs=2, poll_s=0.2, log=lambda *a: None)
     assert {k: v['status'] for k, v in st['jobs'].items()} == {'t/seed0': 'done', 's-dct/seed0': 'done', 't-bad/seed0': 'failed',
