@@ -16,7 +16,7 @@ import torch
 
 from dctkd.data.toy import make_toy_scenes
 from dctkd.runs import is_complete
-from dctkd.sweep import run_sweep
+from dctkd.sweep import _alive, run_sweep
 
 TINY = dict(image_size=32, epochs=1, max_batches=1, batch_size=8, workers=0, lr_step=1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,25 +89,25 @@ def test_submitit_local_records_a_failure_and_resubmits_only_it(toy, tmp_path):
 
 
 def test_killed_driver_rerun_loses_and_duplicates_nothing(toy, tmp_path):
-    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS, epochs=3, lr_step=2)
+    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS, epochs=4, lr_step=2)
     out = tmp_path / 'sweep'
     cmd = [sys.executable, '-m', 'dctkd.sweep', str(plan), '--out', str(out), '--executor', 'inprocess', '--jobs', '2', '--threads', '1']
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    rec, t0 = {}, time.time()
-    while time.time() - t0 < 240:                                # kill it once a student has started
-        try: rec = json.loads((out / 'sweep.json').read_text())
-        except (FileNotFoundError, ValueError): rec = {}
-        if any(v['status'] == 'running' and v.get('job_id') and k != 't/seed0' for k, v in rec.get('jobs', {}).items()): break
-        assert driver.poll() is None, 'the driver ended before a student started'
-        time.sleep(0.05)
+    students = [out / 'runs' / 'toy-scenes' / f for f in ('s-dct-s0', 's-kd-s0')]
+    t0 = time.time()
+    while time.time() - t0 < 240:                                # kill it in the middle of a student: an epoch saved, not finished
+        if any((f / 'checkpoints' / 'latest.pt').exists() and not (f / 'summary.json').exists() for f in students): break
+        assert driver.poll() is None, 'the driver ended before it could be killed mid-student'
+        time.sleep(0.02)
     driver.send_signal(signal.SIGKILL); driver.wait()
+    rec = json.loads((out / 'sweep.json').read_text())
     workers = [v['job_id'] for v in rec['jobs'].values() if v['status'] == 'running']
     teacher = Path(rec['jobs']['t/seed0']['run'])
     assert rec['jobs']['t/seed0']['status'] == 'done' and workers
     t_mtime = (teacher / 'summary.json').stat().st_mtime_ns
     for _ in range(100):                                         # the workers die with their driver
-        if not any(Path(f'/proc/{p}').exists() and 'Z' not in Path(f'/proc/{p}/stat').read_text().split(')')[-1][:3] for p in workers): break
+        if not any(_alive(p) for p in workers): break
         time.sleep(0.1)
     else: pytest.fail(f'workers {workers} outlived their driver')
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -120,4 +120,4 @@ def test_killed_driver_rerun_loses_and_duplicates_nothing(toy, tmp_path):
     for v in rec['jobs'].values():
         lines = Path(v['run'], 'metrics.csv').read_text().splitlines()
         epochs = [int(float(l.split(',')[lines[0].split(',').index('epoch')])) for l in lines[1:]]
-        assert epochs == [1, 2, 3], (v['run'], epochs)                               # every epoch once
+        assert epochs == [1, 2, 3, 4], (v['run'], epochs)                            # every epoch once
