@@ -67,34 +67,33 @@ def test_jobs2_students_wait_for_teacher_and_equal_sequential_bitwise(toy, tmp_p
 def test_submitit_local_records_a_failure_and_resubmits_only_it(toy, tmp_path):
     pytest.importorskip('submitit')
     late = tmp_path / 'late-toy'                     # t-bad's dataset (toy scenes in MIT67's layout) appears only before the second sweep
-    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:2] + [f'{{name: t-bad, arch: resnet18, dataset: mit67, root: {late}}}',
+    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:1] + [f'{{name: t-bad, arch: resnet18, dataset: mit67, root: {late}}}',
                                                                f'{{name: s-bad, arch: resnet18, dataset: mit67, root: {late}, method: dct, teacher: t-bad}}'])
     out = tmp_path / 'sweep'
     st = run_sweep(str(plan), out, executor='submitit', cluster='local', jobs=2, poll_s=0.2, log=lambda *a: None)
-    assert {k: v['status'] for k, v in st['jobs'].items()} == {'t/seed0': 'done', 's-dct/seed0': 'done', 't-bad/seed0': 'failed',
-                                                               's-bad/seed0': 'skipped'}
+    assert {k: v['status'] for k, v in st['jobs'].items()} == {'t/seed0': 'done', 't-bad/seed0': 'failed', 's-bad/seed0': 'skipped'}
     rec = json.loads((out / 'sweep.json').read_text())
     bad = rec['jobs']['t-bad/seed0']
     assert 'Traceback' in bad['error'] and str(late) in bad['error'] and bad['job_id'] and Path(bad['log']).exists()
     assert 'teacher t-bad/seed0' in rec['jobs']['s-bad/seed0']['error']
-    assert when(rec, 's-dct/seed0', 'started_at') >= when(rec, 't/seed0', 'finished_at')
-    done = {k: Path(st['jobs'][k]['run'], 'summary.json').stat().st_mtime_ns for k in ('t/seed0', 's-dct/seed0')}
+    done = Path(st['jobs']['t/seed0']['run'], 'summary.json').stat().st_mtime_ns
     shutil.copytree(toy, late)
     log = []
     st2 = run_sweep(str(plan), out, executor='submitit', cluster='local', jobs=2, poll_s=0.2, log=log.append)
     assert all(v['status'] == 'done' for v in st2['jobs'].values())
-    assert 't/seed0: done, skipped' in log and 's-dct/seed0: done, skipped' in log
-    assert {k: Path(st2['jobs'][k]['run'], 'summary.json').stat().st_mtime_ns for k in done} == done     # not retrained
-    assert st2['jobs']['t-bad/seed0']['job_id'] != bad['job_id'] and is_complete(st2['jobs']['s-bad/seed0']['run'])
+    assert 't/seed0: done, skipped' in log and Path(st2['jobs']['t/seed0']['run'], 'summary.json').stat().st_mtime_ns == done
+    rec = json.loads((out / 'sweep.json').read_text())
+    assert rec['jobs']['t-bad/seed0']['job_id'] != bad['job_id'] and is_complete(rec['jobs']['s-bad/seed0']['run'])
+    assert when(rec, 's-bad/seed0', 'started_at') >= when(rec, 't-bad/seed0', 'finished_at')     # a student after its teacher
 
 
 def test_killed_driver_rerun_loses_and_duplicates_nothing(toy, tmp_path):
-    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS, epochs=4, lr_step=2)
+    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:2], epochs=4, lr_step=2)
     out = tmp_path / 'sweep'
     cmd = [sys.executable, '-m', 'dctkd.sweep', str(plan), '--out', str(out), '--executor', 'inprocess', '--jobs', '2', '--threads', '1']
     env = {**os.environ, 'MPLBACKEND': 'Agg'}
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    students = [out / 'runs' / 'toy-scenes' / f for f in ('s-dct-s0', 's-kd-s0')]
+    students = [out / 'runs' / 'toy-scenes' / 's-dct-s0']
     t0 = time.time()
     while time.time() - t0 < 240:                                # kill it in the middle of a student: an epoch saved, not finished
         if any((f / 'checkpoints' / 'latest.pt').exists() and not (f / 'summary.json').exists() for f in students): break
@@ -116,7 +115,7 @@ def test_killed_driver_rerun_loses_and_duplicates_nothing(toy, tmp_path):
     assert all(v['status'] == 'done' for v in rec['jobs'].values())
     assert (teacher / 'summary.json').stat().st_mtime_ns == t_mtime and 't/seed0: done, skipped' in r.stdout
     folders = sorted(p.name for p in (out / 'runs' / 'toy-scenes').iterdir())
-    assert folders == ['s-dct-s0', 's-kd-s0', 't-s0'], folders                       # no second copy, no staging folder left
+    assert folders == ['s-dct-s0', 't-s0'], folders                                  # no second copy, no staging folder left
     for v in rec['jobs'].values():
         lines = Path(v['run'], 'metrics.csv').read_text().splitlines()
         epochs = [int(float(l.split(',')[lines[0].split(',').index('epoch')])) for l in lines[1:]]
