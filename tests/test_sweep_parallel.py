@@ -120,3 +120,14 @@ def test_killed_driver_rerun_loses_and_duplicates_nothing(toy, tmp_path):
         lines = Path(v['run'], 'metrics.csv').read_text().splitlines()
         epochs = [int(float(l.split(',')[lines[0].split(',').index('epoch')])) for l in lines[1:]]
         assert epochs == [1, 2, 3, 4], (v['run'], epochs)                            # every epoch once
+
+
+def test_a_ddp_job_is_one_option_away(toy, tmp_path, capfd):
+    "gpus_per_job=2 trains each run under torchrun: two ranks (gloo on CPU) of one run, one run folder, complete."
+    plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:1], max_batches=2)
+    st = run_sweep(str(plan), tmp_path / 'sweep', executor='inprocess', gpus_per_job=2, log=lambda *a: None)
+    assert st['jobs']['t/seed0']['status'] == 'done' and is_complete(st['jobs']['t/seed0']['run'])
+    out = capfd.readouterr()
+    ranks = {l.split('(pid ')[1].split(',')[0] for l in (out.out + out.err).splitlines() if 'job t/seed0 ->' in l}
+    assert len(ranks) == 2 and str(os.getpid()) not in ranks, out.out[-2000:]
+    assert sorted(p.name for p in (tmp_path / 'sweep' / 'runs' / 'toy-scenes').iterdir()) == ['t-s0']

@@ -34,5 +34,3 @@ def test_wheel_installs_and_runs_a_shipped_plan(tmp_path):
     assert rec['plan'] == str(site / 'dctkd' / 'experiments' / 'plans' / 'toy-tiny.yaml')       # the wheel's package data
     assert {k: v['status'] for k, v in rec['jobs'].items()} == {'teacher/seed0': 'done', 'dct/seed0': 'done'}
     assert (work / 'sweep' / 'runs' / 'toy-scenes' / 'dct-s0' / 'summary.json').exists()
-    r = subprocess.run([venv / 'bin' / 'dctkd_sweep', 'no-such-plan'], capture_output=True, text=True, cwd=work)
-    assert r.returncode == 2 and 'shipped plans: ' in r.stderr and 'toy-tiny' in r.stderr and 'Traceback' not in r.stderr
