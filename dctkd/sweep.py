@@ -241,6 +241,7 @@ class _Sequential:
         try: run_job(spec); res = (True, None)
         except Exception: res = (False, traceback.format_exc())
         return {'job_id': str(os.getpid()), 'log': None, 'res': res}
+    def submit_many(self, items): return [self.submit(*it) for it in items]
     def poll(self, h): return h['res']
     def cancel(self, h): pass
     def attach(self, rec): return None
@@ -271,6 +272,7 @@ class _LocalPool:
             p = subprocess.Popen([sys.executable, '-m', 'dctkd.sweep', '--job', str(jf), '--result', str(rf)], stdout=f,
                                  stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent if sys.platform == 'linux' else None)
         return {'job_id': str(p.pid), 'proc': p, 'dev': dev, 'result': rf, 'log': str(log_path)}
+    def submit_many(self, items): return [self.submit(*it) for it in items]
     def poll(self, h):
         rc = h['proc'].poll() if 'proc' in h else (None if _alive(h['job_id']) else -1)
         if rc is None: return None
@@ -316,10 +318,18 @@ class _Submitit:
             if s.get(k) is not None: p[f'slurm_{k}'] = s[k]
         self.params = p
         self.ex.update_parameters(**p)
-    def submit(self, spec, log_path, after=None):
-        self.ex.update_parameters(slurm_additional_parameters={'dependency': f'afterok:{after}'} if after else {})
-        job = self.ex.submit(run_job, spec)
-        return {'job_id': str(job.job_id), 'job': job, 'log': str(job.paths.stdout)}
+    def submit_many(self, items):
+        "Submit the (spec, log, after) items; on SLURM the items of one dependency go as one job array (`--array-parallelism`)."
+        groups = {}
+        for i, (spec, _, after) in enumerate(items): groups.setdefault(after, []).append(i)
+        handles = [None] * len(items)
+        for after, idx in groups.items():
+            self.ex.update_parameters(slurm_additional_parameters={'dependency': f'afterok:{after}'} if after else {})
+            if self.slurm and len(idx) > 1:
+                with self.ex.batch(): jobs = [self.ex.submit(run_job, items[i][0]) for i in idx]
+            else: jobs = [self.ex.submit(run_job, items[i][0]) for i in idx]
+            for i, job in zip(idx, jobs): handles[i] = {'job_id': str(job.job_id), 'job': job, 'log': str(job.paths.stdout)}
+        return handles
     def poll(self, h):
         if 'pid' in h and _alive(h['pid']): return None
         if 'pid' not in h and not h['job'].done(): return None
@@ -391,6 +401,7 @@ def run_sweep(plan, out, *,
         save()
         try:
             while todo or running:
+                starts = []
                 for j in list(todo):                          # start what may start: teachers done (or, on SLURM, submitted)
                     key, tk = j['key'], j['teacher_key']
                     ts = rec[tk]['status'] if tk else 'done'
@@ -399,19 +410,20 @@ def run_sweep(plan, out, *,
                         save(); log(f"{key}: skipped, teacher {tk} did not finish"); continue
                     after = None
                     if ts != 'done':
-                        if not (launcher.dependencies and ts == 'running'): continue
+                        if not (launcher.dependencies and ts == 'running' and rec[tk].get('job_id')): continue
                         after = rec[tk]['job_id']
-                    if len(running) >= launcher.capacity: continue
+                    if len(running) + len(starts) >= launcher.capacity: continue
                     todo.remove(j)
                     lp = logs / f"{_slug(key)}.log"
                     rec[key].update(status='running', executor=launcher.name, started_at=_now(), finished_at=None, error=None,
                                     job_id=None, log=str(lp), after=after)
-                    save()
                     log(f"{key}: {'resuming' if (j['folder'] / CONFIG).exists() else 'training'} -> {j['folder']}")
-                    t0 = time.time()
-                    h = launcher.submit(job_spec(j, runner=runner, notebook=notebook, gpus=gpus_per_job, threads=threads), lp, after)
-                    h['t0'] = t0; rec[key].update(job_id=h['job_id'], log=h['log']); save()
-                    running[key] = (j, h)
+                    starts.append((j, job_spec(j, runner=runner, notebook=notebook, gpus=gpus_per_job, threads=threads), lp, after))
+                if starts:
+                    save(); t0 = time.time()
+                    for (j, *_), h in zip(starts, launcher.submit_many([s[1:] for s in starts])):
+                        h['t0'] = t0; rec[j['key']].update(job_id=h['job_id'], log=h['log']); running[j['key']] = (j, h)
+                    save()
                 for key, (j, h) in list(running.items()):    # collect what finished
                     r = launcher.poll(h)
                     if r is None: continue
