@@ -508,7 +508,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     ap.add_argument('--gpus-per-job', type=int, default=None, help='GPUs of one run; more than 1 trains it with DDP (torchrun)')
     s = ap.add_argument_group('SLURM (--executor submitit; the plan\'s slurm: mapping gives defaults, these win)')
     s.add_argument('--cluster', default=None, choices=['slurm', 'local', 'debug'], help="submitit's cluster (default: SLURM if there, else local)")
-    s.add_argument('--partition'); s.add_argument('--account')
+    s.add_argument('--partition', help='SLURM partition of the jobs'); s.add_argument('--account', help='SLURM account to charge')
     s.add_argument('--time', help="time limit of a job: minutes, HH:MM:SS or D-HH:MM:SS (default 24:00:00)")
     s.add_argument('--mem', help="memory of a job, e.g. 32G"); s.add_argument('--array-parallelism', type=int, help='jobs of one array at a time')
     ap.add_argument('--no-resume', action='store_true', help='do not skip or resume runs already there (existing run folders are an error)')
@@ -541,8 +541,9 @@ def sweep_cli(argv=None):
                 except ValueError: ap.error(f"--epoch-seconds {kv!r}: expected NAME=SECONDS")
             for n in [int(x) for x in args.estimate.split(',')]:
                 r = estimate_walltime(plan, n, secs)
-                print(f"{n:>4} GPU(s): {r['jobs']} runs, {r['gpu_hours']:.2f} GPU-hours, wall time {r['wall_hours']:.2f} h "
-                      f"(lower bound {r['lower_bound_hours']:.2f} h)")
+                hm = lambda h: f"{int(h)} h {round(60 * (h % 1)):02d} min" if h >= 1 else f"{60 * h:.1f} min"
+                print(f"{n:>4} GPU(s): {r['jobs']} runs, {r['gpu_hours']:.2f} GPU-hours, wall time {hm(r['wall_hours'])} "
+                      f"(lower bound {hm(r['lower_bound_hours'])})")
             return 0
         slurm = {k: v for k, v in dict(partition=args.partition, account=args.account, time=args.time, mem=args.mem,
                                        array_parallelism=args.array_parallelism).items() if v is not None}
