@@ -310,7 +310,7 @@ class _Submitit:
         self.ex = submitit.AutoExecutor(folder=self.folder, cluster=cluster)
         self.slurm = self.ex.cluster == 'slurm'
         self.capacity, self.dependencies = (math.inf, True) if self.slurm else (jobs, False)
-        gpus = int(s.get('gpus_per_job', gpus_per_job))
+        gpus = gpus_per_job                            # run_sweep resolved it: the command line, else the plan's
         p = {'timeout_min': _minutes(s.get('time', 24 * 60)), 'nodes': 1, 'tasks_per_node': 1, 'name': 'dctkd',
              'gpus_per_node': gpus if self.slurm or _cuda_count() else 0}
         if 'cpus_per_job' in s: p['cpus_per_task'] = int(s['cpus_per_job'])
@@ -332,9 +332,10 @@ class _Submitit:
         return handles
     def poll(self, h):
         if 'pid' in h and _alive(h['pid']): return None
-        if 'pid' not in h and not h['job'].done(): return None
-        try: h['job'].result(); return True, None
-        except Exception as e: return False, f"{type(e).__name__}: {e}"
+        try:
+            if 'pid' not in h and not h['job'].done(): return None
+            h['job'].result(); return True, None
+        except Exception as e: return False, f"{type(e).__name__}: {e}"      # submitit's error holds the job's traceback
     def cancel(self, h):
         try: h['job'].cancel(check=False)
         except Exception: pass
@@ -355,7 +356,7 @@ def _cuda_count() -> int:
 def run_sweep(plan, out, *,
               executor='papermill', # how jobs run: 'papermill' (the train notebook), 'inprocess' (`fit`), or 'submitit' (SLURM / local processes)
               jobs:int=1,           # parallel jobs: local worker processes (papermill/inprocess), or submitit's local processes
-              gpus_per_job:int=1,   # GPUs of one run; more than 1 trains it with DDP under torchrun
+              gpus_per_job:int=None,# GPUs of one run (None: the plan's `slurm: gpus_per_job`, else 1); more than 1: DDP under torchrun
               threads:int=0,        # CPU threads of a job (0: cores // jobs for local workers, torch's default in this process)
               cluster=None,         # submitit's cluster: None (SLURM when sbatch is there, else local), 'slurm', 'local'
               slurm=None,           # SLURM options: partition, time, mem, account, array_parallelism (the plan's `slurm:`, updated by these)
@@ -364,6 +365,7 @@ def run_sweep(plan, out, *,
     plan = plan if isinstance(plan, dict) and 'source' in plan else load_plan(plan)
     if executor not in ('papermill', 'inprocess', 'submitit'): raise ValueError(f"executor must be 'papermill', 'inprocess' or 'submitit', got {executor!r}")
     if not (isinstance(jobs, int) and jobs >= 1): raise ValueError(f"jobs must be an integer ≥ 1, got {jobs!r}")
+    gpus_per_job = gpus_per_job or int((plan.get('slurm') or {}).get('gpus_per_job', 1))
     if not (isinstance(gpus_per_job, int) and gpus_per_job >= 1): raise ValueError(f"gpus_per_job must be an integer ≥ 1, got {gpus_per_job!r}")
     runner = 'papermill' if executor == 'papermill' or (executor == 'submitit' and notebook) else 'inprocess'
     out = Path(out); todo_jobs = plan_jobs(plan, out)
@@ -507,7 +509,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     ap.add_argument('--threads', type=int, default=0, help='CPU threads per job (default: cores // jobs for workers)')
     ap.add_argument('--gpus-per-job', type=int, default=None, help='GPUs of one run; more than 1 trains it with DDP (torchrun)')
     s = ap.add_argument_group('SLURM (--executor submitit; the plan\'s slurm: mapping gives defaults, these win)')
-    s.add_argument('--cluster', default=None, choices=['slurm', 'local', 'debug'], help="submitit's cluster (default: SLURM if there, else local)")
+    s.add_argument('--cluster', default=None, choices=['slurm', 'local'], help="submitit's cluster (default: SLURM if there, else local)")
     s.add_argument('--partition', help='SLURM partition of the jobs'); s.add_argument('--account', help='SLURM account to charge')
     s.add_argument('--time', help="time limit of a job: minutes, HH:MM:SS or D-HH:MM:SS (default 24:00:00)")
     s.add_argument('--mem', help="memory of a job, e.g. 32G"); s.add_argument('--array-parallelism', type=int, help='jobs of one array at a time')
@@ -547,9 +549,8 @@ def sweep_cli(argv=None):
             return 0
         slurm = {k: v for k, v in dict(partition=args.partition, account=args.account, time=args.time, mem=args.mem,
                                        array_parallelism=args.array_parallelism).items() if v is not None}
-        gpj = args.gpus_per_job or int((plan.get('slurm') or {}).get('gpus_per_job', 1))
         st = run_sweep(plan, out, executor=args.executor, notebook=args.notebook, jobs=args.jobs, threads=args.threads,
-                       gpus_per_job=gpj, cluster=args.cluster, slurm=slurm, resume=not args.no_resume, dry_run=args.dry_run)
+                       gpus_per_job=args.gpus_per_job, cluster=args.cluster, slurm=slurm, resume=not args.no_resume, dry_run=args.dry_run)
     except (PlanError, FileNotFoundError, RuntimeError, ValueError, ImportError, KeyError) as e: ap.error(str(e).strip('"'))
     return int(any(v.get('status') in ('failed', 'skipped') for v in st['jobs'].values()))
 
