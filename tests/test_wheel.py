@@ -2,6 +2,7 @@
 and the other dependencies reused from this environment through a .pth file), and run a shipped plan by name with `dctkd_sweep`
 there — the experiment notebooks and plans are package data, and the in-process executor needs no notebook."""
 import json
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -13,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_installs_and_runs_a_shipped_plan(tmp_path):
-    whl = tmp_path / 'wheel'
-    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(whl), str(ROOT)],
+    src, whl = tmp_path / 'src', tmp_path / 'wheel'                # a clean copy: the build leaves nothing in the checkout
+    junk = shutil.ignore_patterns('__pycache__', '.ipynb_checkpoints')
+    shutil.copytree(ROOT / 'dctkd', src / 'dctkd', ignore=junk)
+    shutil.copytree(ROOT / 'nbs' / 'experiments', src / 'nbs' / 'experiments', ignore=junk)
+    for f in ('setup.py', 'settings.ini', 'README.md'): shutil.copy(ROOT / f, src / f)
+    subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps', '--no-build-isolation', '-w', str(whl), str(src)],
                    check=True, capture_output=True, cwd=tmp_path)
     wheel = next(whl.glob('dctkd-*.whl'))
     venv = tmp_path / 'venv'
