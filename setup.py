@@ -41,7 +41,10 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
         'Topic :: Scientific/Engineering :: Artificial Intelligence',
     ] + ['Programming Language :: Python :: ' + v for v in py_versions[py_versions.index(min_python):]],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']) + [cfg['lib_name'] + '.experiments'],
+    # the experiment notebooks and plans ship as package data: nbs/experiments becomes dctkd/experiments in the wheel
+    package_dir={cfg['lib_name'] + '.experiments': cfg['nbs_path'] + '/experiments'},
+    package_data={cfg['lib_name'] + '.experiments': ['*.ipynb', 'plans/*.yaml']},
     include_package_data=True,
     python_requires='>=' + min_python,
     install_requires=requirements,

@@ -67,7 +67,7 @@ def test_train_evaluate_report_notebooks(toy, tmp_path, kernel_env):
     assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 1
 
 
-def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env):
+def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env, monkeypatch):
     plan = tmp_path / 'plan.yaml'
     tiny = ', '.join(f'{k}: {v}' for k, v in TINY.items())
     plan.write_text(f"""
@@ -89,6 +89,9 @@ runs:
     assert is_complete(s) and (s / 'train.ipynb').exists()
     mtime = (s / 'summary.json').stat().st_mtime
     log = []
+    import dctkd.sweep
+    def no_notebook(): raise AssertionError('the in-process executor looked for a notebook')
+    monkeypatch.setattr(dctkd.sweep, 'train_notebook', no_notebook); monkeypatch.setattr(dctkd.sweep, 'experiments_dir', no_notebook)
     st2 = run_sweep(str(plan), out, executor='inprocess', log=log.append)       # resumes: complete runs are not retrained
     assert 't/seed0: done, skipped' in log and 's/seed0: done, skipped' in log
     assert (s / 'summary.json').stat().st_mtime == mtime
