@@ -269,4 +269,4 @@ def test_site_cli_help():
     from fastcore.script import anno_parser
     from dctkd.tools.site import site_cli
     text = anno_parser(site_cli.__wrapped__).format_help()
-    for opt in ('--out', '--execute', '--budget', '--mathjax'): assert opt in text
+    for opt in ('--out', '--execute', '--budget', '--mathjax', '--executed'): assert opt in text
