@@ -213,13 +213,17 @@ def _fix_links(body, depth, cfg):
     body = re.sub(r'(<h[1-6][^>]*\sid=")([^"]*)(")', lambda m: m.group(1) + _slug(m.group(2)) + m.group(3), body)
     return re.sub(r'(href=")([^"]*)(")', sub, body)
 
-def _text(h): return _html.unescape(re.sub(r'<[^>]+>', ' ', h))
+def _text(h):
+    "The text of an HTML fragment: inline tags (Pygments' token spans, links, emphasis) vanish, block tags become spaces."
+    h = re.sub(r'</?(?:span|a|code|em|strong|b|i|sub|sup)\b[^>]*>', '', h)
+    return _html.unescape(re.sub(r'<[^>]+>', ' ', h))
 
 _TEX_SYM = dict(alpha='α', beta='β', gamma='γ', delta='δ', epsilon='ε', varepsilon='ε', theta='θ', lambda_='λ', mu='μ', pi='π',
                 rho='ρ', sigma='σ', tau='τ', phi='φ', omega='ω', Delta='Δ', Sigma='Σ', Omega='Ω', sum='Σ', prod='Π', cdot='·',
                 times='×', le='≤', leq='≤', ge='≥', geq='≥', ne='≠', neq='≠', approx='≈', infty='∞', in_='∈', to='→',
                 rightarrow='→', leftarrow='←', sqrt='√', partial='∂', nabla='∇', ldots='…', dots='…', cdots='…', log='log',
-                exp='exp', cos='cos', sin='sin', max='max', min='min', arg='arg', top='ᵀ', mid='|', lvert='|', rvert='|', Vert='‖')
+                exp='exp', cos='cos', sin='sin', max='max', min='min', arg='arg', top='ᵀ', mid='|', lvert='|', rvert='|', Vert='‖', lVert='‖', rVert='‖',
+                langle='⟨', rangle='⟩', odot='⊙', circ='∘', forall='∀', mathbb='')
 _TEX_DROP = r'\\(?:mathrm|mathbf|mathcal|mathit|mathbb|mathsf|boldsymbol|text|textrm|textbf|operatorname|hat|tilde|bar|vec|left|right|bigl|bigr|Bigl|Bigr|big|Big|displaystyle|limits)(?![a-zA-Z])'
 
 def tex_text(s:str) -> str:
