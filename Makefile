@@ -57,11 +57,11 @@ demo: $(DEMO_STAMP)
 	cat $$out/results.md; \
 	echo "report: $$out/quickstart.html (executed notebook: $$out/quickstart.ipynb)"
 
-# The docs site without Quarto (nbdev's processing + nbconvert), into _docs/; the core notebooks are executed
-# for their figures. Where Quarto is installed, `nbdev_docs` builds the standard nbdev site from the same notebooks.
+# The docs site without Quarto (nbdev's processing + nbconvert), into _docs/; every notebook is executed for its
+# outputs (about 5 CPU-minutes). Where Quarto is installed, `nbdev_docs` builds the standard nbdev site from the same notebooks.
 docs: $(STAMP)
 	@bash tests/site/setup.sh >/dev/null
-	@$(BIN)/dctkd_site --out _docs --execute 00_dct,02_losses,16_viz
+	@$(BIN)/dctkd_site --out _docs --execute all
 	@echo "docs: _docs/index.html"
 
 # The benchmarks guide from the scripts' own output: each script interleaves its variants and prints median [min–max]

@@ -33,7 +33,9 @@ def test_notebooks_found():
 
 
 @pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))
-def test_notebook(nb):
+def test_notebook(nb, tmp_path_factory):
     from nbdev.test import test_nb
-    ok, _ = test_nb(nb, skip_flags=_skip_flags(), basepath=ROOT)
+    from dctkd.tools.site import record_outputs
+    with record_outputs(tmp_path_factory.getbasetemp() / 'executed'):     # tests/test_site.py builds the site from these outputs
+        ok, _ = test_nb(nb, skip_flags=_skip_flags(), basepath=ROOT)
     assert ok, f'{nb.name} failed; its traceback is in the captured stderr above'
