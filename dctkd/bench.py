@@ -4,12 +4,14 @@
 
 # %% auto #0
 __all__ = ['BENCH_COLUMNS', 'bench_rows', 'bench_csv', 'read_bench_csv', 'verdict', 'bench_summary', 'bench_markdown',
-           'bench_figure', 'bench_attention', 'bench_plan', 'run_bench', 'bench_cli']
+           'bench_figure', 'bench_attention', 'bench_plan', 'bench_report', 'run_bench', 'bench_cli']
 
-# %% ../nbs/20_bench.ipynb #da93c3b0
+# %% ../nbs/20_bench.ipynb #66c153ac
 import argparse
 import csv
+import dataclasses
 import io
+import json
 import math
 import os
 import platform
@@ -28,7 +30,7 @@ from .runs import atomic_text, atomic_write, find_runs
 from .sweep import load_plan, mean_std, row_order, row_title, run_sweep
 from .viz import attention_figure, load_model, model_attention, prepare_image, spectra_figure
 
-# %% ../nbs/20_bench.ipynb #451e0af1
+# %% ../nbs/20_bench.ipynb #7e35a4b2
 BENCH_COLUMNS = ('role', 'arch', 'method', 'transform', 'seed', 'top1_best', 'top1_last')
 
 def _run_folder(t) -> Path:
@@ -64,7 +66,7 @@ def read_bench_csv(path) -> list:
     if missing: raise ValueError(f"{path}: missing column(s) {missing}; a benchmark CSV has {list(BENCH_COLUMNS)}")
     return [{**r, 'seed': int(r['seed']), 'top1_best': float(r['top1_best']), 'top1_last': float(r['top1_last'])} for r in rows]
 
-# %% ../nbs/20_bench.ipynb #f0bd7b03
+# %% ../nbs/20_bench.ipynb #0c66e760
 def verdict(delta:float, # mean top-1 of the method minus the baseline's (points)
             s_m:float,   # sample std of the method's runs
             s_b:float,   # sample std of the baseline's runs
@@ -93,7 +95,7 @@ def bench_summary(rows) -> list:
         out.append(d)
     return out
 
-# %% ../nbs/20_bench.ipynb #a8ee95ba
+# %% ../nbs/20_bench.ipynb #9b0b0f7c
 def _cell(ms) -> str:
     m, s, n = ms
     return '—' if n == 0 else f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else '')
@@ -109,8 +111,8 @@ def bench_markdown(rows,          # from `bench_rows` or `read_bench_csv`
     teacher = [d for d in S if d['role'] == 'teacher']
     base = [d for d in S if d['role'] == 'student' and d['method'] == 'none']
     L = ['# CPU benchmark: distillation on the toy scenes', '']
-    for k, lab in (('date', 'Date'), ('machine', 'Machine'), ('command', 'Command'), ('wall', 'Wall time'), ('load', 'Load'),
-                   ('regime', 'Regime'), ('plan', 'Plan')):
+    for k, lab in (('date', 'Date'), ('machine', 'Machine'), ('command', 'Command'), ('wall', 'Wall time'), ('runs', 'Runs'),
+                   ('load', 'Load'), ('regime', 'Regime'), ('plan', 'Plan'), ('note', 'Note')):
         if meta.get(k): L.append(f"- **{lab}:** {meta[k]}")
     L.append('')
     if teacher and base:
@@ -136,7 +138,7 @@ def bench_markdown(rows,          # from `bench_rows` or `read_bench_csv`
     if meta.get('figures'): L += [''] + [f"![{k}]({v})" for k, v in meta['figures'].items()]
     return '\n'.join(L) + '\n'
 
-# %% ../nbs/20_bench.ipynb #1b382324
+# %% ../nbs/20_bench.ipynb #51363c59
 def bench_figure(rows, which:str='last'):
     "Bars: mean top-1 of the teacher and each student group at the `which` epoch, with ±1 std error bars and the per-seed points."
     from matplotlib.figure import Figure
@@ -159,7 +161,7 @@ def bench_figure(rows, which:str='last'):
     ax.set_title('grey teacher · blue baseline · green beats · orange within noise · red loses (2 σ)', fontsize=8)
     return fig
 
-# %% ../nbs/20_bench.ipynb #a7447117
+# %% ../nbs/20_bench.ipynb #94a47b97
 def bench_attention(rows,               # from `bench_rows` (with folders)
                     methods=None,       # student methods to show (default: the baseline, KD, DCT and DCT + KD when present)
                     index:int=0,        # which held-out image
@@ -181,7 +183,7 @@ def bench_attention(rows,               # from `bench_rows` (with folders)
     return (attention_figure(maps, crop, title=f"held-out image of class {val.classes[label]!r}"),
             spectra_figure(maps, 'dct', reference='teacher'))
 
-# %% ../nbs/20_bench.ipynb #ec21f64e
+# %% ../nbs/20_bench.ipynb #38d5aed0
 def bench_plan() -> Path:
     "nbs/experiments/plans/cpu-bench.yaml of the dctkd checkout this module was loaded from (or of the working folder)."
     here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -202,31 +204,20 @@ def _load() -> str:
     try: return ' / '.join(f"{v:.1f}" for v in os.getloadavg())
     except OSError: return 'n/a'
 
-def run_bench(plan=None,                       # plan path (default `bench_plan()`) or an already read plan mapping
-              out='runs/sweeps/cpu-bench',     # sweep folder (runs and sweep.json)
-              results='benchmarks/results',    # where cpu-bench.md/.csv/.png and the attention figures go
-              *, data:dict=None,               # toy-scene arguments (default `TOY_BENCH`), generated into the plan's `root`
-              overrides:dict=None,             # config keys set on every run of the plan (e.g. epochs=1 for a smoke test)
-              seeds:list=None,                 # replace the plan's seeds
-              executor:str='inprocess',        # `run_sweep`'s executor
-              command:str=None,                # the command line to record in the report
-              log=print,
-             ) -> dict:
-    "Generate the data, run the benchmark plan and write its report; returns the report's paths and the sweep status."
-    raw = yaml.safe_load(Path(plan or bench_plan()).read_text()) if not isinstance(plan, dict) else dict(plan)
-    if seeds is not None: raw['seeds'] = list(seeds)
-    if overrides: raw['runs'] = [{**r, **overrides} for r in raw['runs']]
-    spec = load_plan(raw)
-    roots = {make_config(r['preset'], **{k: v for k, v in r['config'].items() if k != 'method'}).root for r in spec['runs']}
-    if len(roots) != 1: raise ValueError(f"the benchmark plan's runs must share one data root, got {sorted(roots)}")
-    root = roots.pop()
-    data = {**TOY_BENCH, **(data or {})}
-    load0, t0 = _load(), time.time()
-    make_toy_scenes(root, layout='mit67', progress=False, **data)
-    status = run_sweep(spec, out, executor=executor, log=log)
-    wall = time.time() - t0
-    rows = bench_rows(Path(out) / 'runs')
-    results = Path(results); results.mkdir(parents=True, exist_ok=True)
+def _run_times(status:dict) -> tuple:
+    "(sum of the per-run training times in a sweep status, number of runs done)."
+    done = [v for v in status.get('jobs', {}).values() if v.get('status') == 'done']
+    return sum(v.get('time_s', 0) for v in done), len(done)
+
+def bench_report(out,                       # the sweep folder (its runs/ and sweep.json)
+                 results='benchmarks/results', # where cpu-bench.md/.csv/.png and the attention figures go
+                 meta:dict=None,            # what to say about the run (see `bench_markdown`); machine, date and run times are added
+                 log=print,
+                ) -> dict:
+    "Write the benchmark's report from the complete runs under `out`; returns the paths written."
+    out, results = Path(out), Path(results)
+    rows = bench_rows(out / 'runs')
+    results.mkdir(parents=True, exist_ok=True)
     paths = {k: results / f"cpu-bench{s}" for k, s in
              (('md', '.md'), ('csv', '.csv'), ('png', '.png'), ('attention', '-attention.png'), ('spectra', '-spectra.png'))}
     atomic_text(paths['csv'], bench_csv(rows))
@@ -234,23 +225,53 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
     try: figs['attention'], figs['spectra'] = bench_attention(rows)
     except Exception as e: log(f"attention figures skipped: {type(e).__name__}: {e}")
     for k, f in figs.items(): atomic_write(paths[k], lambda t, f=f: f.savefig(t, dpi=80, format='png'))
-    n_done = sum(v['status'] == 'done' for v in status['jobs'].values())
-    hp = sorted({f"{row_title(r['config']['method'])}" + (f" ({r['config']['hparams']['transform']})" if 'transform' in (r['config'].get('hparams') or {}) else '')
-                 + ': ' + ', '.join(f"{k}={v}" for k, v in sorted(method_hparams(make_config(r['preset'], **{**r['config'], 'teacher': 't' if r.get('teacher') else ''})).items()))
-                 for r in spec['runs'] if r['config']['method'] != 'none'})
-    tnames = {r['teacher'] for r in spec['runs'] if r.get('teacher')}
-    meta = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': _machine(),
-            'command': f"`{command or 'run_bench()'}`",
-            'wall': f"{wall:.0f} s ({wall / 60:.1f} min) for {n_done} of {len(status['jobs'])} runs, data generation included",
-            'load': f"load average (1 / 5 / 15 min) {load0} at the start, {_load()} at the end",
-            'regime': f"toy scenes {data}; teacher on every training image, students on the first "
-                      f"{', '.join(str(n) for n in sorted({r['config'].get('train_per_class', 0) for r in spec['runs'] if r['name'] not in tnames}))} "
-                      "labelled images of each class (train_per_class)",
-            'plan': f"{spec['source']} (seeds {spec['seeds']})", 'hparams': hp,
-            'figures': {k: paths[k].name for k in figs}}
+    status = json.loads((out / 'sweep.json').read_text()) if (out / 'sweep.json').exists() else {}
+    total, n = _run_times(status)
+    meta = {'date': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()), 'machine': _machine(), **(meta or {})}
+    meta['runs'] = f"{n} runs, {total:.0f} s ({total / 60:.1f} min) of training in all (the sum of sweep.json's per-run times)"
+    meta['figures'] = {k: paths[k].name for k in figs}
     atomic_text(paths['md'], bench_markdown(rows, meta))
+    return paths
+
+def run_bench(plan=None,                       # plan path (default `bench_plan()`) or an already read plan mapping
+              out='runs/sweeps/cpu-bench',     # sweep folder (runs and sweep.json)
+              results='benchmarks/results',    # where the report goes (`bench_report`)
+              *, data:dict=None,               # toy-scene arguments (default `TOY_BENCH`), generated into the plan's `root`
+              overrides:dict=None,             # config keys set on every run of the plan (e.g. epochs=1 for a smoke test)
+              seeds:list=None,                 # replace the plan's seeds
+              executor:str='inprocess',        # `run_sweep`'s executor
+              command:str=None,                # the command line to record in the report
+              note:str=None,                   # a remark for the report (e.g. how an interrupted benchmark was resumed)
+              log=print,
+             ) -> dict:
+    "Generate the data, run the benchmark plan (resuming what is done) and write its report; returns paths, sweep status and rows."
+    raw = yaml.safe_load(Path(plan or bench_plan()).read_text()) if not isinstance(plan, dict) else dict(plan)
+    if seeds is not None: raw['seeds'] = list(seeds)
+    if overrides: raw['runs'] = [{**r, **overrides} for r in raw['runs']]
+    spec = load_plan(raw)
+    cfgs = {r['name']: make_config(r['preset'], **{k: v for k, v in r['config'].items() if k != 'method'}) for r in spec['runs']}
+    roots = {c.root for c in cfgs.values()}
+    if len(roots) != 1: raise ValueError(f"the benchmark plan's runs must share one data root, got {sorted(roots)}")
+    data = {**TOY_BENCH, **(data or {})}
+    load0, t0 = _load(), time.time()
+    make_toy_scenes(roots.pop(), layout='mit67', progress=False, **data)
+    status = run_sweep(spec, out, executor=executor, log=log)
+    wall = time.time() - t0
+    teachers = {r['teacher'] for r in spec['runs'] if r.get('teacher')}
+    hp = sorted({row_title(r['config']['method']) + ': ' + ', '.join(
+                     f"{k}={v}" for k, v in sorted(method_hparams({**dataclasses.asdict(cfgs[r['name']]), 'method': r['config']['method']}).items()))
+                 for r in spec['runs'] if r['config']['method'] != 'none'})
+    per_class = sorted({cfgs[n].train_per_class for n in cfgs if n not in teachers})
+    meta = {'command': f"`{command or 'run_bench()'}`",
+            'wall': f"{wall:.0f} s ({wall / 60:.1f} min) for this call ({sum(v['status'] == 'done' for v in status['jobs'].values())} of "
+                    f"{len(status['jobs'])} runs done; runs finished earlier are resumed, not retrained), data generation included",
+            'load': f"load average (1 / 5 / 15 min) {load0} at the start, {_load()} at the end",
+            'regime': f"toy scenes {data}; the teacher on every training image, students on the first "
+                      f"{', '.join(map(str, per_class))} labelled images of each class (train_per_class)",
+            'plan': f"{spec['source']} (seeds {spec['seeds']})", 'hparams': hp, 'note': note}
+    paths = bench_report(out, results, meta, log=log)
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
-    return {'paths': paths, 'status': status, 'rows': rows, 'wall_s': wall}
+    return {'paths': paths, 'status': status, 'rows': bench_rows(Path(out) / 'runs'), 'wall_s': wall}
 
 def bench_cli(argv=None):
     "Entry point of the CPU benchmark (`make cpu-bench`): run the plan, write the report."
@@ -260,8 +281,13 @@ def bench_cli(argv=None):
     ap.add_argument('--results', default='benchmarks/results', help='report folder')
     ap.add_argument('--seeds', default=None, help='comma-separated seeds replacing the plan\'s')
     ap.add_argument('--executor', default='inprocess', choices=['inprocess', 'papermill'])
+    ap.add_argument('--report-only', action='store_true', help='train nothing: write the report from the runs already in --out')
+    ap.add_argument('--note', default=None, help='a remark to print in the report')
     args = ap.parse_args(argv)
+    if args.report_only:
+        print(f"report: {bench_report(args.out, args.results, {'command': '`make cpu-bench` (report rewritten with --report-only)', 'note': args.note})['md']}")
+        return 0
     seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else None
     cmd = 'make cpu-bench' if argv is None and os.environ.get('MAKELEVEL') else shlex.join(['bench_cli', *(argv if argv is not None else sys.argv[1:])])
-    r = run_bench(args.plan, args.out, args.results, seeds=seeds, executor=args.executor, command=cmd)
+    r = run_bench(args.plan, args.out, args.results, seeds=seeds, executor=args.executor, command=cmd, note=args.note)
     return int(any(v['status'] != 'done' for v in r['status']['jobs'].values()))
