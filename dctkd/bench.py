@@ -6,7 +6,7 @@
 __all__ = ['BENCH_COLUMNS', 'bench_rows', 'bench_csv', 'read_bench_csv', 'verdict', 'bench_summary', 'bench_markdown',
            'bench_figure', 'bench_attention', 'bench_plan', 'bench_report', 'plan_meta', 'run_bench', 'bench_cli']
 
-# %% ../nbs/20_bench.ipynb #743df04b
+# %% ../nbs/20_bench.ipynb #95ff0e7a
 import argparse
 import csv
 import dataclasses
@@ -30,7 +30,7 @@ from .runs import atomic_text, atomic_write, find_runs
 from .sweep import load_plan, mean_std, row_order, row_title, run_sweep
 from .viz import attention_figure, load_model, model_attention, prepare_image, spectra_figure
 
-# %% ../nbs/20_bench.ipynb #d7c791b3
+# %% ../nbs/20_bench.ipynb #9490b777
 BENCH_COLUMNS = ('role', 'arch', 'method', 'transform', 'seed', 'top1_best', 'top1_last')
 
 def _run_folder(t) -> Path:
@@ -66,7 +66,7 @@ def read_bench_csv(path) -> list:
     if missing: raise ValueError(f"{path}: missing column(s) {missing}; a benchmark CSV has {list(BENCH_COLUMNS)}")
     return [{**r, 'seed': int(r['seed']), 'top1_best': float(r['top1_best']), 'top1_last': float(r['top1_last'])} for r in rows]
 
-# %% ../nbs/20_bench.ipynb #cdab7cef
+# %% ../nbs/20_bench.ipynb #b6f7b189
 def verdict(delta:float, # mean top-1 of the method minus the baseline's (points)
             s_m:float,   # sample std of the method's runs
             s_b:float,   # sample std of the baseline's runs
@@ -95,7 +95,7 @@ def bench_summary(rows) -> list:
         out.append(d)
     return out
 
-# %% ../nbs/20_bench.ipynb #6387030a
+# %% ../nbs/20_bench.ipynb #454927bd
 def _cell(ms) -> str:
     m, s, n = ms
     return '—' if n == 0 else f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else '')
@@ -138,7 +138,7 @@ def bench_markdown(rows,          # from `bench_rows` or `read_bench_csv`
     if meta.get('figures'): L += [''] + [f"![{k}]({v})" for k, v in meta['figures'].items()]
     return '\n'.join(L) + '\n'
 
-# %% ../nbs/20_bench.ipynb #4e2c0383
+# %% ../nbs/20_bench.ipynb #b86fb6bd
 def bench_figure(rows, which:str='last'):
     "Bars: mean top-1 of the teacher and each student group at the `which` epoch, with ±1 std error bars and the per-seed points."
     from matplotlib.figure import Figure
@@ -161,7 +161,7 @@ def bench_figure(rows, which:str='last'):
     ax.set_title('grey teacher · blue baseline · green beats · orange within noise · red loses (2 σ)', fontsize=8)
     return fig
 
-# %% ../nbs/20_bench.ipynb #c5306c19
+# %% ../nbs/20_bench.ipynb #638963c6
 def bench_attention(rows,               # from `bench_rows` (with folders)
                     methods=None,       # student methods to show (default: the baseline, KD, DCT and DCT + KD when present)
                     index:int=0,        # which held-out image
@@ -183,7 +183,7 @@ def bench_attention(rows,               # from `bench_rows` (with folders)
     return (attention_figure(maps, crop, title=f"held-out image of class {val.classes[label]!r}"),
             spectra_figure(maps, 'dct', reference='teacher'))
 
-# %% ../nbs/20_bench.ipynb #6a4a9066
+# %% ../nbs/20_bench.ipynb #18d0e235
 def bench_plan() -> Path:
     "nbs/experiments/plans/cpu-bench.yaml of the dctkd checkout this module was loaded from (or of the working folder)."
     here = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd()
@@ -235,6 +235,7 @@ def bench_report(out,                       # the sweep folder (its runs/ and sw
 
 def plan_meta(spec:dict,      # a `load_plan` result
               data:dict=None, # the toy-scene arguments (default `TOY_BENCH`)
+              source=None,    # the plan's file, when `spec` was read from a mapping
              ) -> dict:
     "The report's regime, plan and hyper-parameter lines for a benchmark plan."
     data = {**TOY_BENCH, **(data or {})}
@@ -246,7 +247,7 @@ def plan_meta(spec:dict,      # a `load_plan` result
     per_class = sorted({cfgs[n].train_per_class for n in cfgs if n not in teachers})
     return {'regime': f"toy scenes {data}; the teacher on every training image, students on the first "
                       f"{', '.join(map(str, per_class))} labelled images of each class (train_per_class)",
-            'plan': f"{spec['source']} (seeds {spec['seeds']})", 'hparams': hp}
+            'plan': f"{source or spec['source']} (seeds {spec['seeds']})", 'hparams': hp}
 
 def run_bench(plan=None,                       # plan path (default `bench_plan()`) or an already read plan mapping
               out='runs/sweeps/cpu-bench',     # sweep folder (runs and sweep.json)
@@ -275,7 +276,7 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
     meta = {'command': f"`{command or 'run_bench()'}`",
             'wall': f"{wall:.0f} s ({wall / 60:.1f} min) for this call ({sum(v['status'] == 'done' for v in status['jobs'].values())} of "
                     f"{len(status['jobs'])} runs done; runs finished earlier are resumed, not retrained), data generation included",
-            'load': f"load average (1 / 5 / 15 min) {load0} at the start, {_load()} at the end", **plan_meta(spec, data), 'note': note}
+            'load': f"load average (1 / 5 / 15 min) {load0} at the start, {_load()} at the end", **plan_meta(spec, data, None if isinstance(plan, dict) else plan or bench_plan()), 'note': note}
     paths = bench_report(out, results, meta, log=log)
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
     return {'paths': paths, 'status': status, 'rows': bench_rows(Path(out) / 'runs'), 'wall_s': wall}
@@ -292,7 +293,7 @@ def bench_cli(argv=None):
     ap.add_argument('--note', default=None, help='a remark to print in the report')
     args = ap.parse_args(argv)
     if args.report_only:
-        print(f"report: {bench_report(args.out, args.results, {'command': '`make cpu-bench` (report rewritten with --report-only)', **plan_meta(load_plan(args.plan or bench_plan())), 'note': args.note})['md']}")
+        print(f"report: {bench_report(args.out, args.results, {'command': '`make cpu-bench` (report rewritten with --report-only)', **plan_meta(load_plan(args.plan or bench_plan()), source=args.plan or bench_plan()), 'note': args.note})['md']}")
         return 0
     seeds = [int(s) for s in args.seeds.split(',')] if args.seeds else None
     cmd = 'make cpu-bench' if argv is None and os.environ.get('MAKELEVEL') else shlex.join(['bench_cli', *(argv if argv is not None else sys.argv[1:])])
