@@ -84,3 +84,9 @@ bench: $(STAMP)
 
 clean:
 	rm -rf _proc _docs .pytest_cache
+
+# The CPU benchmark (issue 17): the toy scenes' benchmark regime, a teacher trained once, the paper's methods and their
+# "+ KD" × 3 seeds (nbs/experiments/plans/cpu-bench.yaml); report in benchmarks/results/cpu-bench.md (+ .csv, .png).
+.PHONY: cpu-bench
+cpu-bench: $(STAMP)
+	@MPLBACKEND=Agg $(BIN)/python -c "import sys; from dctkd.bench import bench_cli; sys.exit(bench_cli())"

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields',
            'make_config', 'parse_overrides', 'check_name', 'check_config', 'given_keys', 'check_device',
-           'resume_config', 'dataset_dir', 'open_split', 'method_hparams', 'check_params']
+           'resume_config', 'dataset_dir', 'first_per_class', 'open_split', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
 import ast
@@ -20,6 +20,7 @@ import torch
 
 from . import distillers
 
+from .data.cache import CachedDataset
 from .data.datasets import get_dataset
 from .data.toy import make_toy_scenes
 
@@ -36,6 +37,7 @@ class TrainConfig:
     norm: str = 'imagenet'        # normalisation statistics: 'imagenet' or 'paper' (the original's)
     cache: bool = False           # decode images once into a memory-mapped cache
     augment: bool = True          # random crop + flip for training (False: the evaluation transform)
+    train_per_class: int = 0      # labelled training images per class: the first n of each class, in file order (0: all)
     workers: int = -1             # DataLoader processes; -1: automatic
     skip_bad: bool = False        # skip images that do not decode (counted and named in the log); False: the first one stops the run, naming its file
     # networks
@@ -157,6 +159,7 @@ def check_config(cfg:TrainConfig):
         raise ValueError(f"config dataset={cfg.dataset!r} needs root=<the folder it was downloaded into>; get it with "
                          f"`dctkd_download {cfg.dataset} data/{cfg.dataset}` (where the machine can reach the internet), then root=data/{cfg.dataset}")
     if cfg.recipe not in RECIPES: raise ValueError(f"config recipe={cfg.recipe!r}: choose one of {list(RECIPES)}")
+    if cfg.train_per_class < 0: raise ValueError(f"config train_per_class={cfg.train_per_class}: must be ≥ 0 (0: every training image)")
     for k in ('epochs', 'batch_size', 'image_size', 'lr_step'):
         if getattr(cfg, k) < 1: raise ValueError(f"config {k}={getattr(cfg, k)}: must be ≥ 1")
     for k, ok, want in [('lr', cfg.lr > 0, '> 0'), ('lr_gamma', 0 < cfg.lr_gamma <= 1, 'in (0, 1]: the factor the LR is multiplied by every lr_step epochs'),
@@ -244,6 +247,20 @@ def dataset_dir(dataset:str) -> str:
     if dataset not in DATASETS: raise ValueError(f"dataset={dataset!r}: choose one of {list(DATASETS)}")
     return 'toy-scenes' if dataset == 'toy' else dataset
 
+def first_per_class(ds,   # an `ImageDataset` (or `ArrayImageDataset`), changed in place
+                    n:int, # images to keep per class
+                   ):
+    "`ds` with only the first `n` images of each class, in file order (classes with fewer keep all of theirs)."
+    seen, keep = [0] * len(ds.classes), []
+    for i, t in enumerate(ds.targets):
+        if seen[t] < n: seen[t] += 1; keep.append(i)
+    if hasattr(ds, 'images'):
+        ds.images = ds.images[keep]
+        if ds.sources: ds.sources = [ds.sources[i] for i in keep]
+    else: ds.files = [ds.files[i] for i in keep]
+    ds.targets = [ds.targets[i] for i in keep]
+    return ds
+
 def open_split(cfg,                 # a `TrainConfig` or its dict (a run's config.json)
                split:str,           # 'train' or 'val'
                mode:str,            # 'train', 'eval' or 'tencrop' transform
@@ -261,9 +278,13 @@ def open_split(cfg,                 # a `TrainConfig` or its dict (a run's confi
             make_toy_scenes(r, layout='mit67', n_classes=4, n_per_class=60, size=max(64, c['image_size'] + c['image_size'] // 7),
                             seed=0, progress=progress)
         name = 'mit67'
-    return get_dataset(name, root, split, mode, size=c['image_size'], resize=None if c['resize'] < 0 else c['resize'],
-                       norm=c['norm'], cache=c.get('cache', False) if cache is None else cache, skip_bad=c.get('skip_bad', False),
-                       progress=progress)
+    cache = c.get('cache', False) if cache is None else cache
+    n = c.get('train_per_class', 0) if split == 'train' else 0
+    ds = get_dataset(name, root, split, mode, size=c['image_size'], resize=None if c['resize'] < 0 else c['resize'],
+                     norm=c['norm'], cache=cache and not n, skip_bad=c.get('skip_bad', False), progress=progress)
+    if not n: return ds
+    ds = first_per_class(ds, n)                          # the labelled subset a data-limited student sees
+    return CachedDataset(ds, ds.spec, None if cache is True else cache, progress=progress) if cache else ds
 
 # %% ../nbs/11_config.ipynb #387c0e2a
 def method_hparams(cfg) -> dict:
