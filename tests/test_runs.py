@@ -196,6 +196,7 @@ def test_preset_keys_reach_the_run_through_papermill_and_in_process(toy, tmp_pat
         assert (cfg['arch'], cfg['lr'], cfg['lr_step'], cfg['epochs'], cfg['pretrained']) == \
             (preset['arch'], preset['lr'], preset['lr_step'], 1, str(weights)), executor
         assert read_checkpoint(run)['arch'] == preset['arch']
+    capsys.readouterr()                                                                       # the runs' epoch lines
     assert train_cli(['--preset', 'cpu-toy-teacher', 'epochs=1', '--dry-run']) == 0              # and from the shell
     shown = json.loads(capsys.readouterr().out)
     assert (shown['arch'], shown['lr'], shown['epochs']) == (preset['arch'], preset['lr'], 1)
