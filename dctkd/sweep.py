@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from . import distillers
+from .compat import require
 from .config import PRESETS, config_fields, check_name, dataset_dir, make_config
 from .runs import CONFIG, atomic_text, find_runs, folder_lock, is_complete
 
@@ -303,8 +304,7 @@ class _Submitit:
     "submitit's AutoExecutor: SLURM jobs (students submitted with `afterok` on their teacher's job), or local processes (cluster='local')."
     name = 'submitit'
     def __init__(self, out, cluster=None, jobs=1, gpus_per_job=1, slurm=None, **kw):
-        try: import submitit
-        except ImportError: raise ImportError("--executor submitit needs submitit: pip install 'dctkd[slurm]' (or pip install submitit)") from None
+        submitit = require('submitit', 'slurm', '--executor submitit')
         s = dict(slurm or {})
         self.folder = Path(out) / 'submitit' / '%j'
         self.ex = submitit.AutoExecutor(folder=self.folder, cluster=cluster)
