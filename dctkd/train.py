@@ -117,8 +117,8 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     classes = list(train_ds.classes)
     if d.main:
         for split, ds in (('train', train_ds), (cfg.val_split, val_ds)):
-            if _skipped(ds): print(f"skip_bad: skipped {len(_skipped(ds))} unreadable image(s) of {split}:\n"
-                                   + '\n'.join(f"  {f}: {why}" for f, why in _skipped(ds)), flush=True)
+            if bad := _skipped(ds): print(f"skip_bad: skipped {len(bad)} unreadable image(s) of {split}:\n"
+                                          + '\n'.join(f"  {f}: {why}" for f, why in bad), flush=True)
 
     # networks
     seed_everything(cfg.seed)
