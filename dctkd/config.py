@@ -254,12 +254,7 @@ def first_per_class(ds,   # an `ImageDataset` (or `ArrayImageDataset`), changed 
     seen, keep = [0] * len(ds.classes), []
     for i, t in enumerate(ds.targets):
         if seen[t] < n: seen[t] += 1; keep.append(i)
-    if hasattr(ds, 'images'):
-        ds.images = ds.images[keep]
-        if ds.sources: ds.sources = [ds.sources[i] for i in keep]
-    else: ds.files = [ds.files[i] for i in keep]
-    ds.targets = [ds.targets[i] for i in keep]
-    return ds
+    return ds.keep(keep)
 
 def open_split(cfg,                 # a `TrainConfig` or its dict (a run's config.json)
                split:str,           # 'train' or 'val'

@@ -205,6 +205,10 @@ class ImageDataset(torch.utils.data.Dataset):
     def fingerprint(self) -> str:
         "A hash of the file list, sizes and modification times: the cache key."
         return _fingerprint(self.files, (type(self).__name__, len(self)))
+    def keep(self, idx:list):
+        "Keep only the images at `idx` (in that order), in place; returns the dataset."
+        self.files, self.targets = [self.files[i] for i in idx], [self.targets[i] for i in idx]
+        return self
 
     def _skip_bad(self, progress):
         with ThreadPoolExecutor(max(1, default_workers())) as ex:   # PIL releases the GIL while decoding
@@ -213,7 +217,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.skipped = [(f, r) for f, r in zip(self.files, why) if r is not None]
         if self.skipped:
             keep = [i for i, r in enumerate(why) if r is None]
-            self.files, self.targets = [self.files[i] for i in keep], [self.targets[i] for i in keep]
+            self.keep(keep)
             f, r = self.skipped[0]
             warnings.warn(f"{self.name} {self.split}: skipped {len(self.skipped)} unreadable image(s) of {len(why)} "
                           f"(listed in .skipped), e.g. {f}: {r}", stacklevel=3)
@@ -230,3 +234,7 @@ class ArrayImageDataset(ImageDataset):
         if len(images) != len(self.targets): raise ValueError(f"{len(images)} images but {len(self.targets)} labels")
     def load(self, i): return Image.fromarray(self.images[i])
     def fingerprint(self): return _fingerprint(self.sources, (type(self).__name__, self.images.shape))
+    def keep(self, idx:list):
+        self.images, self.targets = self.images[idx], [self.targets[i] for i in idx]
+        if self.sources: self.sources = [self.sources[i] for i in idx]
+        return self
