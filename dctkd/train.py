@@ -41,9 +41,16 @@ class Trainee(nn.Module):
     def __init__(self, student:TappedModel, distiller:nn.Module):
         super().__init__()
         self.student, self.distiller = student, distiller
+        self.method_seed = 0        # seed of the distiller's next random draws; `fit` sets it at each epoch's start
     def forward(self, x, targets, index, teacher_out):
         out = self.student(x)
-        return self.distiller(out, teacher_out, targets, index), out
+        # The method draws from its own stream (e.g. CRD's negatives), seeded per batch: what it draws never moves the global
+        # RNG that the data's crops and flips use (no loader workers), so one seed gives every method the same batches.
+        with torch.random.fork_rng(devices=[x.device] if x.is_cuda else [], device_type='cuda'):
+            torch.set_rng_state(torch.Generator().manual_seed(self.method_seed).get_state())
+            if x.is_cuda: torch.cuda.manual_seed(self.method_seed)            # the current device only
+            self.method_seed += 1
+            return self.distiller(out, teacher_out, targets, index), out
 
 # %% ../nbs/15_train.ipynb #83c3a756
 def _tensorboard(mode:str, run=None):
@@ -121,9 +128,9 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
                                           + '\n'.join(f"  {f}: {why}" for f, why in bad), flush=True)
 
     # networks
-    seed_everything(cfg.seed)
-    teacher = load_teacher(cfg.teacher, classes, d.device) if cfg.teacher else None
+    seed_everything(cfg.seed)                         # the student first: one seed, one initialisation, whatever the method
     student = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained or None)
+    teacher = load_teacher(cfg.teacher, classes, d.device) if cfg.teacher else None
     hp = method_hparams(cfg)                          # the class's defaults, the recipe's, then the config's
     if distillers.method(cfg.method).needs_labels: hp['labels'] = torch.tensor(train_ds.targets)
     distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), **hp)
@@ -164,6 +171,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
 
         for epoch in range(start, cfg.epochs):
             seed_everything(epoch_seed(cfg.seed, epoch))
+            trainee.method_seed = epoch_seed(cfg.seed + 2, epoch) * 4096   # the method's own stream (see `Trainee`)
             trainee.distiller.start_epoch(epoch, cfg.epochs)   # epoch-aware methods (e.g. a warm-up) set their weights
             t0 = time.time()
             try: train_terms, images = _train_epoch(model, teacher, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)

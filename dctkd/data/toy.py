@@ -338,4 +338,4 @@ def make_toy_scenes(root,                 # folder to write into (created; must 
     return root
 
 # %% ../../nbs/07_toy.ipynb #d39f958e
-TOY_BENCH = dict(n_classes=8, n_per_class=150, size=40)   # the CPU benchmark's toy scenes (`make_toy_scenes` arguments)
+TOY_BENCH = dict(n_classes=8, n_per_class=400, size=40, val_fraction=0.5)   # the CPU benchmark's toy scenes (`make_toy_scenes` arguments)
