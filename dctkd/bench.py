@@ -8,7 +8,7 @@ __all__ = ['BENCH_COLUMNS', 'VERDICT_WORDS', 'BENCH_ENV', 'ISA_FLAGS', 'MATCH_KE
            'bench_summary', 'design_power', 'bench_markdown', 'bench_figure', 'term_curves', 'bench_terms',
            'kd_summary', 'kd_text', 'bench_attention', 'cpu_info', 'fingerprint', 'fingerprint_diff',
            'fingerprint_line', 'run_pinned', 'pinned', 'bench_plan', 'plan_meta', 'export_teacher', 'metric_rows',
-           'check_record', 'bench_report', 'run_bench', 'bench_cli', 'bench_check', 'bench_check_cli']
+           'check_record', 'bench_report', 'run_bench', 'bench_cli', 'bench_check', 'bench_check_cli', 'bench_section']
 
 # %% ../nbs/20_bench.ipynb #beb174d6
 import argparse
@@ -640,3 +640,49 @@ def bench_check_cli(argv=None):
     for f in ('cpu-bench-check.json', 'cpu-bench-teacher.pt'):
         if not (res / f).exists(): print(f"bench-check: {res / f} not found; run `make cpu-bench` first (it writes both)", file=sys.stderr); return 2
     return 0 if bench_check(res / 'cpu-bench-check.json', res / 'cpu-bench-teacher.pt')['ok'] else 1
+
+# %% ../nbs/20_bench.ipynb #986a86ea
+def _report_line(md:str, key:str) -> str:
+    m = re.search(rf"^- \*\*{re.escape(key)}:\*\* (.*)$", md, re.M)
+    return m.group(1) if m else ''
+
+def bench_section(results='benchmarks/results', # the committed results folder
+                  heading:str='## Does distillation help? The CPU benchmark',
+                  link:str='https://github.com/dctkd/dctkd/blob/main/',
+                 ) -> str:
+    "The README's / guides' benchmark section, every number read from the committed results files."
+    results = Path(results)
+    rows = read_bench_csv(results / 'cpu-bench.csv')
+    fp = json.loads((results / 'cpu-bench-fingerprint.json').read_text())
+    md = (results / 'cpu-bench.md').read_text()
+    S = bench_summary(rows)
+    teacher = next(d for d in S if d['role'] == 'teacher')
+    base = next(d for d in S if d['role'] == 'student' and d['method'] == 'none')
+    n_val = int(re.search(r"Each accuracy is measured on (\d+) held-out images", md).group(1))
+    pw = design_power(S, n_val)
+    seeds = sorted({r['seed'] for r in rows if r['role'] == 'student'})
+    L = [heading, '',
+         f"`make cpu-bench` runs the CPU benchmark ([plan]({link}nbs/experiments/plans/cpu-bench.yaml), "
+         f"[report]({link}benchmarks/results/cpu-bench.md), per-seed [CSV]({link}benchmarks/results/cpu-bench.csv)): the original's "
+         f"CIFAR ResNets at 32 px on the toy scenes, so every distilled map is at least 8×8 (32², 16², 8²); a {teacher['arch']} teacher "
+         f"trained once on all training images; {base['arch']} students that see only a few labelled images per class; "
+         f"{len(seeds)} paired seeds per row (a seed fixes the student's initial weights and batches for every method); "
+         f"every method at the registry's default weights. {_report_line(md, 'Regime')}.", '',
+         f"Measured {fp['date']} on {fingerprint_line(fp)}; `{fp['command']}`: **{_report_line(md, 'Wall time').split(' for this call')[0]} wall**; "
+         f"{_report_line(md, 'Budget')}; {_report_line(md, 'Load')}.", '',
+         f"Teacher {_cell(teacher['last'])}, baseline {_cell(base['last'])} (top-1 %, last epoch, {n_val} held-out images). "
+         f"**Smallest effect this design detects: {pw['mde']:.1f} points** (5 % two-sided, {pw['power']:.0%} power; paired sd "
+         f"{pw['sd']:.2f} over {pw['n']} seeds; binomial SE of one run's accuracy {pw['binomial_se']:.2f}).", '',
+         '| Model | top-1, last epoch (%) | Δ vs baseline, paired [95 % CI] | verdict |', '|---|---:|---:|---|']
+    for d in S:
+        L.append(f"| {d['title']} | {_cell(d['last'])} | {_delta(d['paired'])} | {d['verdict']} |")
+    words = {v: [d['title'] for d in S if d['verdict'] == v] for v in VERDICT_WORDS}
+    L += ['', f"Better than the baseline (95 % interval above 0): {', '.join(words['better']) or 'none'}. "
+              f"Worse (interval below 0): {', '.join(words['worse']) or 'none'}. No detectable effect (interval contains 0): "
+              f"{', '.join(words['no detectable effect']) or 'none'}.", '',
+          "These per-seed numbers hold for the fingerprint above (processor, kernel ISA, threads, torch): CPU training is bitwise "
+          "reproducible on one machine, not across processors; `make bench-check` (run by CI) retrains one committed cell, bit for "
+          "bit on this fingerprint and within the cell's committed range elsewhere. The benchmarks guide says what holds across "
+          "machines. The earlier benchmark (ResNet-18 at 32 px, AMD EPYC, 2026-12-01) is superseded: its last stage map was 1×1 and "
+          "its students were not paired."]
+    return '\n'.join(L)

@@ -79,3 +79,16 @@ def test_make_targets():
     assert 'from dctkd.bench import bench_check_cli' in out
     ci = (ROOT / '.ci' / 'run').read_text().strip().splitlines()
     assert ci[-1] == 'make test' and 'make bench-check' in ci                   # CI retrains the cell before the tests
+
+
+def test_readme_and_guides_hold_the_committed_numbers():
+    "The benchmark sections of the README's notebook and of the two guides are `bench_section` of the committed results."
+    import sys
+    sys.path.insert(0, str(ROOT / 'benchmarks'))
+    from cpu_bench_docs import SECTIONS
+    from dctkd.bench import bench_section
+    for nb, heading in SECTIONS.items():
+        cells = [''.join(c['source']) for c in json.loads((ROOT / nb).read_text())['cells'] if c['cell_type'] == 'markdown']
+        assert bench_section(RESULTS, heading) in cells, f"{nb}: run python benchmarks/cpu_bench_docs.py after make cpu-bench"
+    readme = (ROOT / 'README.md').read_text()
+    assert bench_section(RESULTS, SECTIONS['nbs/index.ipynb']).splitlines()[-3] in readme    # the verdicts line reached README.md
