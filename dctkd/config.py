@@ -22,7 +22,7 @@ from . import distillers
 
 from .data.cache import CachedDataset
 from .data.datasets import get_dataset
-from .data.toy import make_toy_scenes
+from .data.toy import TOY_SCENES, make_toy_scenes
 
 # %% ../nbs/11_config.ipynb #812ab969
 @dataclass
@@ -261,8 +261,7 @@ def open_split(cfg,                 # a `TrainConfig` or its dict (a run's confi
     if name == 'toy':                                   # toy scenes are written in MIT67's official layout
         r = Path(root)
         if generate and (not r.exists() or not any(r.iterdir())):
-            make_toy_scenes(r, layout='mit67', n_classes=4, n_per_class=60, size=max(64, c['image_size'] + c['image_size'] // 7),
-                            seed=0, progress=progress)
+            make_toy_scenes(r, **TOY_SCENES, size=max(64, c['image_size'] + c['image_size'] // 7), progress=progress)
         name = 'mit67'
     cache = c.get('cache', False) if cache is None else cache
     n = c.get('train_per_class', 0) if split == 'train' else 0

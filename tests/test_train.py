@@ -49,8 +49,9 @@ def test_teacher_run_writes_everything_and_learns(teacher_run):
     assert all(math.isfinite(float(r['train_ce'])) for r in rows)
     s = json.loads((run / 'summary.json').read_text())
     assert s['best']['val_top1'] == max(float(r['val_top1']) for r in rows)
-    ck = read_checkpoint(run)
-    assert ck['classes'] and ck['arch'] == 'resnet18' and 'rng' in ck and 'versions' in ck
+    ck, best = read_checkpoint(run, which='latest'), read_checkpoint(run, which='best')
+    assert ck['classes'] and ck['arch'] == 'resnet18' and 'rng' in ck and 'optimizer' in ck and 'versions' in ck
+    assert best['classes'] == ck['classes'] and not {'rng', 'optimizer', 'scheduler', 'scaler'} & set(best)   # best.pt: no resume-only state
     assert ':' not in run.name
 
 
