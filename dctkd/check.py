@@ -4,12 +4,13 @@
 
 # %% auto #0
 __all__ = ['STAGE_KEYS', 'SMALL_MAP', 'UsageError', 'resolve', 'check_device', 'check_tensorboard', 'toy_default', 'check_data',
-           'tapped', 'check_teacher', 'check_stages', 'Checked', 'check', 'check_run']
+           'tapped', 'check_teacher', 'check_stages', 'check_method', 'check_files', 'Checked', 'check', 'check_run']
 
-# %% ../nbs/14a_check.ipynb #050edf82
+# %% ../nbs/14a_check.ipynb #a932acc4
 import dataclasses
 import difflib
 import importlib.util
+import inspect
 import json
 import os
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .data.toy import TOY_CLASSES
 from .models import TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
 
-# %% ../nbs/14a_check.ipynb #53db2f3b
+# %% ../nbs/14a_check.ipynb #1373288f
 class UsageError(ValueError):
     "A mistake in what was asked (a key, value, file or folder); the message names it and the fix. Commands print it without a traceback."
 
@@ -52,7 +53,7 @@ def resolve(cfg:TrainConfig=None, # a whole config, or None
                          f"ask for epochs ≥ {done} to continue it (epochs={done} leaves it as it is), or start a new run")
     return dataclasses.replace(new, resume=resume), resume, changed
 
-# %% ../nbs/14a_check.ipynb #e52d3c84
+# %% ../nbs/14a_check.ipynb #d2bb1f91
 def check_device(device:str) -> str:
     "`device` (a config's) when this machine has it ('' : cuda when available, else cpu); else a UsageError naming the key and value."
     if not device: return device
@@ -73,7 +74,7 @@ def check_tensorboard(mode:str):
     if mode == 'on' and importlib.util.find_spec('tensorboard') is None:
         raise UsageError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' (or tensorboard=auto)")
 
-# %% ../nbs/14a_check.ipynb #49ce70f9
+# %% ../nbs/14a_check.ipynb #9047995f
 def toy_default(cfg) -> bool:
     "Whether `cfg` (a toy run) reads the default toy root, where toy scenes may be generated on first use."
     return cfg.dataset == 'toy' and os.path.abspath(cfg.root or TOY_ROOT) == os.path.abspath(TOY_ROOT)
@@ -93,7 +94,7 @@ def check_data(cfg:TrainConfig) -> tuple:
     except (OSError, ValueError) as e: raise UsageError(f"config dataset={cfg.dataset!r} root={root!r}: {e}") from None
     return list(train.classes), len(train)
 
-# %% ../nbs/14a_check.ipynb #0604525a
+# %% ../nbs/14a_check.ipynb #251504a2
 def tapped(arch:str,     # a torchvision classification architecture
            taps=None,    # tap names; None or []: the architecture's defaults
            what:str='arch',
@@ -125,7 +126,7 @@ def check_teacher(teacher:str, # the config's teacher: a run folder or checkpoin
                          f"student's dataset has {len(classes)} ({list(classes)[:3]}...); train a teacher on this dataset")
     return tapped(ck['arch'], ck['taps'], 'teacher arch')
 
-# %% ../nbs/14a_check.ipynb #18be835e
+# %% ../nbs/14a_check.ipynb #1044c5d4
 STAGE_KEYS = ('stages', 's_stages', 's_stage')   # the hyper-parameters that name the student stages a method distils
 SMALL_MAP = 4                                    # distilled maps smaller than this (either side) are warned about
 
@@ -141,6 +142,7 @@ def _distilled(hp:dict) -> list:
 def _constant_stages(method:str, hp:dict, s_shapes:list, t_shapes:list, n_classes:int, stages:list) -> list:
     "The stages among `stages` whose gradient of the method's term is exactly zero for random features ([] when that cannot be probed)."
     try:
+        hp = {**hp, 'alpha': 1.0}          # the term's weight does not change which stages it depends on (α=0 or ∞ would hide it)
         d = distillers.build(method, s_shapes, t_shapes, 0, num_train=2, **{**hp, **({'labels': torch.tensor([0, 1 % n_classes])} if 'labels' in hp else {})})
         g = torch.Generator().manual_seed(0)
         sf = [torch.randn(2, *s, generator=g, requires_grad=True) for s in s_shapes]
@@ -150,7 +152,7 @@ def _constant_stages(method:str, hp:dict, s_shapes:list, t_shapes:list, n_classe
         term = d((torch.randn(2, n_classes, generator=g), sf), (t_logits, tf), y, idx)[method.split('+')[0]]
         grads = torch.autograd.grad(term, [sf[i] for i in stages], allow_unused=True)
     except Exception: return []            # a method this probe cannot drive is left to `fit`, which builds it for real
-    return [i for i, gi in zip(stages, grads) if gi is None or not bool(gi.abs().max() > 0)]
+    return [i for i, gi in zip(stages, grads) if gi is None or (bool(torch.isfinite(gi).all()) and not bool(gi.abs().max() > 0))]
 
 def check_stages(cfg:TrainConfig,        # the run
                  student:TappedModel,    # its student, shapes only
@@ -184,7 +186,40 @@ def check_stages(cfg:TrainConfig,        # the run
              for i in stages if min(s[i][1:]) < SMALL_MAP]
     return rows, notes
 
-# %% ../nbs/14a_check.ipynb #7c445c96
+# %% ../nbs/14a_check.ipynb #d30b4889
+def check_method(cfg:TrainConfig, # the run
+                 n_taps:int,      # the student's taps
+                ):
+    "A UsageError for a hyper-parameter the method does not take, or a stage index beyond the student's taps."
+    cls = distillers.method(cfg.method).cls
+    allowed = {n for c in cls.__mro__ if isinstance(c, type) and issubclass(c, distillers.Distiller)
+               for n, p in inspect.signature(c.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    bad = sorted(set(cfg.hparams) - allowed)
+    if bad: raise UsageError(f"config hparams={json.dumps(cfg.hparams)}: method {cfg.method!r} has no hyper-parameter(s) {bad}; it takes {sorted(allowed)}")
+    out = [i for i in _distilled(method_hparams(cfg)) if not 0 <= i < n_taps]
+    if out: raise UsageError(f"config hparams={json.dumps(cfg.hparams)}: stage(s) {out} of method {cfg.method!r} do not exist; "
+                             f"the student has {n_taps} taps (stages 0..{n_taps - 1})")
+
+def check_files(cfg:TrainConfig) -> list:
+    "Notes about `cfg`'s other files; a UsageError for missing `pretrained` weights or an `out` this process cannot write in."
+    notes = []
+    if cfg.pretrained and cfg.pretrained.split(':')[0].lower() == 'imagenet':
+        import torchvision
+        tag = cfg.pretrained.split(':')[1].upper() if ':' in cfg.pretrained else 'V1'
+        try: w = torchvision.models.get_model_weights(cfg.arch)[f'IMAGENET1K_{tag}']
+        except (KeyError, ValueError):
+            raise UsageError(f"config pretrained={cfg.pretrained!r}: {cfg.arch} has no ImageNet weights {tag!r}") from None
+        if not (Path(torch.hub.get_dir()) / 'checkpoints' / w.url.rsplit('/', 1)[-1]).is_file():
+            notes.append(f"pretrained={cfg.pretrained!r}: the weights are not in {torch.hub.get_dir()} and will be downloaded ({w.url})")
+    elif cfg.pretrained and not Path(cfg.pretrained).is_file():
+        raise UsageError(f"config pretrained={cfg.pretrained!r}: no such file (from {os.getcwd()}); give a weights file, 'imagenet', or ''")
+    p = Path(os.path.abspath(cfg.out))
+    while not p.exists(): p = p.parent
+    if not p.is_dir() or not os.access(p, os.W_OK | os.X_OK):
+        raise UsageError(f"config out={cfg.out!r}: cannot create run folders there ({p} is {'not a folder' if not p.is_dir() else 'not writable'})")
+    return notes
+
+# %% ../nbs/14a_check.ipynb #9babdb7d
 @dataclass
 class Checked:
     "A run that passed every check: what `fit` trains, and what `--dry-run` shows."
@@ -200,13 +235,16 @@ def check(cfg:TrainConfig=None, # a whole config, or None
           *, preset:str=None,   # or: a preset's keys, then `overrides`
           **overrides,          # typed config keys; `resume=RUN` continues RUN
          ) -> Checked:
-    "Resolve the run and check all it needs (device, data, taps, teacher, distilled map sizes); a `UsageError` for the first mistake."
+    "Resolve the run and check all it needs (device, files, data, taps, hyper-parameters, teacher, distilled map sizes); a `UsageError` for the first mistake."
     cfg, resume, changed = resolve(cfg, preset, **overrides)
     check_device(cfg.device); check_tensorboard(cfg.tensorboard)
+    files = check_files(cfg)
     classes, n = check_data(cfg)
     student = tapped(cfg.arch, cfg.taps)
+    check_method(cfg, len(student.taps))
     teacher = check_teacher(cfg.teacher, classes) if cfg.teacher else None
     rows, notes = check_stages(cfg, student, teacher, len(classes))
+    notes = files + notes
     if n is None: notes = [f"toy scenes will be generated at {TOY_ROOT} first"] + notes
     return Checked(cfg, resume, changed, classes, n is None, rows, notes)
 

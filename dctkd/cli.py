@@ -43,7 +43,7 @@ RUN_ERRORS = (RunBusy, BadImageError, NonFiniteLoss, EmptySplitError, DatasetNot
 def train_cli(argv=None):
     "Entry point of `dctkd_train`: a mistake in what was asked exits 2 (a usage error), a run stopped by its data or disk exits 1."
     ap = train_parser()
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)           # options anywhere: `key=value ... --dry-run key=value`
     try:
         given = given_keys(args.preset, **parse_overrides(args.overrides))     # only what was asked: a resume compares these
         ok = check(**given)                                                     # every check, before anything is created

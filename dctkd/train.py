@@ -24,7 +24,7 @@ from .data.images import BadImageError
 from .distributed import Dist, ShardSampler, all_reduce_sum, epoch_seed, rng_state, seed_everything, setup_distributed, sync_batchnorm
 from .evaluate import Metrics
 from .models import TappedModel, build_model
-from .runs import (LATEST, folder_lock, load_teacher, new_run_dir, record_resume, resume_state, read_checkpoint,
+from .runs import (LATEST, TENSORBOARD, folder_lock, load_teacher, new_run_dir, record_resume, resume_state, read_checkpoint,
                         save_epoch, versions, write_summary)
 
 # %% ../nbs/15_train.ipynb #78928d66
@@ -55,7 +55,7 @@ def _tensorboard(mode:str, run=None):
         if mode == 'on': raise ImportError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' "
                                            "(or tensorboard=auto to train without it)") from None
         return None
-    return SummaryWriter(str(Path(run) / 'tensorboard')) if run is not None else None
+    return SummaryWriter(str(Path(run) / TENSORBOARD)) if run is not None else None
 
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite."
