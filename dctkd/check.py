@@ -6,7 +6,7 @@
 __all__ = ['STAGE_KEYS', 'SMALL_MAP', 'UsageError', 'resolve', 'check_device', 'check_tensorboard', 'toy_default', 'check_data',
            'tapped', 'check_teacher', 'check_stages', 'check_method', 'check_files', 'Checked', 'check', 'check_run']
 
-# %% ../nbs/14a_check.ipynb #a932acc4
+# %% ../nbs/14a_check.ipynb #63cd8e49
 import dataclasses
 import difflib
 import importlib.util
@@ -24,7 +24,7 @@ from .data.toy import TOY_CLASSES
 from .models import TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
 
-# %% ../nbs/14a_check.ipynb #1373288f
+# %% ../nbs/14a_check.ipynb #f2218a56
 class UsageError(ValueError):
     "A mistake in what was asked (a key, value, file or folder); the message names it and the fix. Commands print it without a traceback."
 
@@ -53,7 +53,7 @@ def resolve(cfg:TrainConfig=None, # a whole config, or None
                          f"ask for epochs ≥ {done} to continue it (epochs={done} leaves it as it is), or start a new run")
     return dataclasses.replace(new, resume=resume), resume, changed
 
-# %% ../nbs/14a_check.ipynb #d2bb1f91
+# %% ../nbs/14a_check.ipynb #1c4624ed
 def check_device(device:str) -> str:
     "`device` (a config's) when this machine has it ('' : cuda when available, else cpu); else a UsageError naming the key and value."
     if not device: return device
@@ -74,7 +74,7 @@ def check_tensorboard(mode:str):
     if mode == 'on' and importlib.util.find_spec('tensorboard') is None:
         raise UsageError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' (or tensorboard=auto)")
 
-# %% ../nbs/14a_check.ipynb #9047995f
+# %% ../nbs/14a_check.ipynb #0b730e5b
 def toy_default(cfg) -> bool:
     "Whether `cfg` (a toy run) reads the default toy root, where toy scenes may be generated on first use."
     return cfg.dataset == 'toy' and os.path.abspath(cfg.root or TOY_ROOT) == os.path.abspath(TOY_ROOT)
@@ -94,7 +94,7 @@ def check_data(cfg:TrainConfig) -> tuple:
     except (OSError, ValueError) as e: raise UsageError(f"config dataset={cfg.dataset!r} root={root!r}: {e}") from None
     return list(train.classes), len(train)
 
-# %% ../nbs/14a_check.ipynb #251504a2
+# %% ../nbs/14a_check.ipynb #4e1c18ac
 def tapped(arch:str,     # a torchvision classification architecture
            taps=None,    # tap names; None or []: the architecture's defaults
            what:str='arch',
@@ -126,8 +126,8 @@ def check_teacher(teacher:str, # the config's teacher: a run folder or checkpoin
                          f"student's dataset has {len(classes)} ({list(classes)[:3]}...); train a teacher on this dataset")
     return tapped(ck['arch'], ck['taps'], 'teacher arch')
 
-# %% ../nbs/14a_check.ipynb #1044c5d4
-STAGE_KEYS = ('stages', 's_stages', 's_stage')   # the hyper-parameters that name the student stages a method distils
+# %% ../nbs/14a_check.ipynb #6c81ea10
+STAGE_KEYS = ('stages', 's_stages', 's_stage', 'stage')   # the hyper-parameters that name the student stages a method distils
 SMALL_MAP = 4                                    # distilled maps smaller than this (either side) are warned about
 
 def _distilled(hp:dict) -> list:
@@ -186,7 +186,7 @@ def check_stages(cfg:TrainConfig,        # the run
              for i in stages if min(s[i][1:]) < SMALL_MAP]
     return rows, notes
 
-# %% ../nbs/14a_check.ipynb #d30b4889
+# %% ../nbs/14a_check.ipynb #40ae23cb
 def check_method(cfg:TrainConfig, # the run
                  n_taps:int,      # the student's taps
                 ):
@@ -219,7 +219,7 @@ def check_files(cfg:TrainConfig) -> list:
         raise UsageError(f"config out={cfg.out!r}: cannot create run folders there ({p} is {'not a folder' if not p.is_dir() else 'not writable'})")
     return notes
 
-# %% ../nbs/14a_check.ipynb #9babdb7d
+# %% ../nbs/14a_check.ipynb #89567ef4
 @dataclass
 class Checked:
     "A run that passed every check: what `fit` trains, and what `--dry-run` shows."
