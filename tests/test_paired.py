@@ -21,7 +21,7 @@ def toy(tmp_path_factory):
     return root, base, teacher
 
 
-def _record(monkeypatch, base, teacher, method, seed=3):
+def _record(monkeypatch, base, teacher, method, seed=3, hparams=None):
     "Train `method` with `seed`; return the student's initial state_dict and every (images, indices) batch it saw."
     seen, init = [], {}
     orig_build, orig_fwd = train.build_model, train.Trainee.forward
@@ -35,7 +35,7 @@ def _record(monkeypatch, base, teacher, method, seed=3):
     monkeypatch.setattr(train, 'build_model', build)
     monkeypatch.setattr(train.Trainee, 'forward', fwd)
     cfg = dict(base, name=f"{method.replace('+', '-')}-s{seed}", seed=seed)
-    if method != 'none': cfg.update(method=method, teacher=str(teacher))
+    if method != 'none': cfg.update(method=method, teacher=str(teacher), **({'hparams': hparams} if hparams else {}))
     train.fit(**cfg)
     monkeypatch.undo()
     return init, seen
@@ -51,11 +51,12 @@ def _same(a, b):
         assert torch.equal(xa, xb), "the same images were cropped or flipped differently"
 
 
-@pytest.mark.parametrize('method', ['kd', 'vid', 'crd', 'dct+kd'])
-def test_one_seed_one_student_start_and_one_data_order(toy, monkeypatch, method):
+@pytest.mark.parametrize('method,hparams', [('kd', None), ('vid', None), ('crd', None),
+                                            ('dct+kd', {'stages': [0, 1]})])   # at 16 px ResNet-18's last two maps are 1×1
+def test_one_seed_one_student_start_and_one_data_order(toy, monkeypatch, method, hparams):
     root, base, teacher = toy
     ref = _record(monkeypatch, base, teacher, 'none')
-    _same(ref, _record(monkeypatch, base, teacher, method))
+    _same(ref, _record(monkeypatch, base, teacher, method, hparams=hparams))
 
 
 def test_the_check_has_teeth(toy, monkeypatch):
