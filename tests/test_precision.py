@@ -37,25 +37,27 @@ def _build(name, student, teacher):
     return distillers.build(name, student, teacher if info.needs_teacher else None, SIZE, num_train=16, **hp)
 
 
-def _terms(name, teacher, x, y, amp):
-    "The distiller's terms, and the student's gradient of their sum, from the same initial weights, under `amp` (None: fp32)."
+def _terms(name, teacher, x, y, amp, epoch=0):
+    "The distiller's terms in epoch `epoch` of 100, and the gradients of their sum, from the same initial weights, under `amp` (None: fp32)."
     torch.manual_seed(1)
     student = build_model('resnet18', NC)
     tr = Trainee(student, _build(name, student, teacher)).train()
+    tr.distiller.start_epoch(epoch, 100)             # epoch-aware methods: an initialisation phase first (FT, AB, ...), the main one last
     with torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):
         t_out = teacher(x) if distillers.method(name).needs_teacher else None
         terms, _ = tr(x, y, torch.arange(B), t_out)
     sum(terms.values()).backward()
-    grads = [p.grad for p in student.parameters() if p.grad is not None]
+    grads = [p.grad for p in tr.parameters() if p.grad is not None]    # the student's, or (in an initialisation phase) the method's
     return {k: float(v.detach()) for k, v in terms.items()}, grads
 
 
+@pytest.mark.parametrize('epoch', [0, 99], ids=['first-epoch', 'last-epoch'])
 @pytest.mark.parametrize('name', distillers.names())
-def test_bf16_autocast_every_distiller(pair, name):
-    "Every registered method under CPU bf16 autocast: finite terms within tolerance of fp32, finite student gradients."
+def test_bf16_autocast_every_distiller(pair, name, epoch):
+    "Every registered method under CPU bf16 autocast, first and last epoch: finite terms within tolerance of fp32, finite gradients."
     teacher, x, y = pair
-    ref, _ = _terms(name, teacher, x, y, None)
-    got, grads = _terms(name, teacher, x, y, torch.bfloat16)
+    ref, _ = _terms(name, teacher, x, y, None, epoch)
+    got, grads = _terms(name, teacher, x, y, torch.bfloat16, epoch)
     assert set(got) == set(ref)
     for k in ref:
         assert abs(got[k] - ref[k]) <= REL * abs(ref[k]) + ABS, (name, k, got[k], ref[k])
