@@ -73,6 +73,7 @@ class TrainConfig:
     max_batches: int = 0          # stop each epoch after this many batches (0: all); for smoke tests
     val_every: int = 1            # validate every k epochs (the last epoch always); the epochs between log no val_* values
     log_gnorm: int = 0            # every k-th batch, the gradient norm each loss term puts on the student (0: off; costs one extra backward per term)
+    teacher_cache: bool = False   # keep the teacher's outputs per training image after its first epoch (needs augment=false; exact)
     progress: bool = True         # progress bars, with the running loss (one log line per epoch is always printed)
     tensorboard: str = 'auto'     # TensorBoard logs in the run folder: 'auto' (when installed), 'on' (needs `pip install 'dctkd[tensorboard]'`) or 'off'
 
@@ -183,6 +184,9 @@ def check_config(cfg:TrainConfig):
     if cfg.amp not in ('auto', 'bf16', 'fp16', 'off'): raise ValueError(f"config amp={cfg.amp!r}: 'auto', 'bf16', 'fp16' or 'off'")
     if cfg.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"config channels_last={cfg.channels_last!r}: 'auto', 'on' or 'off'")
     if cfg.sync_bn not in ('auto', 'on', 'off'): raise ValueError(f"config sync_bn={cfg.sync_bn!r}: 'auto', 'on' or 'off'")
+    if cfg.teacher_cache and (cfg.augment or not cfg.teacher):
+        raise ValueError("config teacher_cache=true needs augment=false and a teacher: with augmentation the teacher sees a new crop "
+                         "of each image every epoch, so its outputs cannot be reused")
     if cfg.name: check_name(cfg.name, 'config name')
 
 # %% ../nbs/11_config.ipynb #2060816c
@@ -226,7 +230,7 @@ def check_device(device:str) -> str:
 
 # %% ../nbs/11_config.ipynb #3995e783
 RESUMABLE = ('epochs', 'lr_step', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard',
-             'val_every', 'log_gnorm')
+             'val_every', 'log_gnorm', 'teacher_cache')
 
 def resume_config(saved:dict,  # the run's config.json
                   given:dict,  # the keys asked for now (typed or strings), e.g. {'epochs': 6}
