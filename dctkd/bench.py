@@ -552,6 +552,7 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
             'budget': f"{jobs} worker process(es) × {threads or 'default'} thread(s); {total / 60:.1f} run-minutes in {wall / 60:.1f} "
                       f"wall-minutes ({total / max(wall, 1e-9):.2f} runs in parallel on average); target: under 30 minutes on 2 cores",
             'load': f"load average (1 / 5 / 15 min) {fp['load']} at the start, {_load()} at the end", **pm, 'note': note}
+    atomic_text(Path(out) / 'bench-meta.json', json.dumps({k: meta[k] for k in ('command', 'wall', 'budget', 'load') if meta.get(k)}, indent=1))
     if kd_note: meta['kd'] = kd_note
     paths = bench_report(out, results, meta, fp=fp, check=check, data=data, log=log)
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
@@ -577,10 +578,13 @@ def bench_cli(argv=None):
     kd_note = Path(a.kd_note).read_text().strip() if a.kd_note else None
     plan = a.plan or bench_plan()
     cmd = ('make cpu-bench' if os.environ.get('MAKELEVEL') else 'bench_cli') + (f" {shlex.join(args)}" if args else '')
-    if a.report_only:
+    if a.report_only:                                   # the run's own lines (command, wall time, budget, load) are kept
         spec = load_plan(plan)
-        pm = plan_meta(spec, source=plan)
-        print(f"report: {bench_report(a.out, a.results, {'command': f'`{cmd}` (report rewritten with --report-only)', **pm, 'note': a.note, **({'kd': kd_note} if kd_note else {})}, fp=_saved_fingerprint(a.results, cmd))['md']}")
+        saved = Path(a.out) / 'bench-meta.json'
+        meta = {**plan_meta(spec, source=plan), **(json.loads(saved.read_text()) if saved.exists() else {'command': f'`{cmd}`'})}
+        meta['note'] = ' '.join(x for x in (a.note, f"Report rewritten from the same runs by `{cmd}`.") if x)
+        if kd_note: meta['kd'] = kd_note
+        print(f"report: {bench_report(a.out, a.results, meta, fp=_saved_fingerprint(a.results, cmd))['md']}")
         return 0
     seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
     r = run_bench(plan, a.out, a.results, seeds=seeds, executor=a.executor, jobs=a.jobs, threads=a.threads, command=cmd, note=a.note, kd_note=kd_note)
