@@ -726,9 +726,11 @@ def check_pair(student:TappedModel, # the student (a FrozenTeacher is unwrapped 
     ordered = sorted(_REGISTRY.values(), key=lambda c: c.order)
     return PairReport(stages, {c.name: c.pair_status(s_shapes, t_shapes, nc_s, nc_t) for c in ordered})
 
-# %% ../nbs/05_distillers.ipynb #836a5edb
+# %% ../nbs/05_distillers.ipynb #be2e6d0b
+import warnings
+
 from .losses import ab_loss, cc_loss, fsp_loss, ft_loss, kdsvd_loss, nst_loss, ofd_loss, ofd_margin, rkd_loss, sp_loss
-from .models import tap_norms
+from .models import preact_taps, tap_norms
 
 # %% ../nbs/05_distillers.ipynb #bb592e5d
 def _spatial_taps(student_shapes, teacher_shapes, stages=None):
@@ -825,6 +827,16 @@ class KDSVD(Distiller):
         return kdsvd_loss([s_feats[i] for i in self.stages], [t_feats[i] for i in self.stages], self.k, self.layout)
     def extra_repr(self): return super().extra_repr() + f", k={self.k}, layout={self.layout!r}"
 
+# %% ../nbs/05_distillers.ipynb #b39ae313
+def _to_preact(name, student, teacher):
+    "Switch both networks to pre-activation taps (`record_preact`); warn naming the taps that have no pre-activation to give."
+    for who, net in (('student', student), ('teacher', teacher)):
+        if net is None: continue
+        net.record_preact()
+        flat = [t for t, ok in zip(net.taps, preact_taps(net)) if not ok and not t.endswith(':in')]
+        if flat: warnings.warn(f"{name}: the {who}'s taps {flat} ({net.arch}) do not end with an activation module, so they give their "
+                               "outputs as they are: right for a linear bottleneck; a block ending in F.relu gives its post-ReLU map")
+
 # %% ../nbs/05_distillers.ipynb #12704b51
 def _conv_bn(s_ch, t_ch):
     "OFD's connector: a bias-free 1×1 conv to the teacher's channels (normal, std √(2/C_t)) and a BN (1, 0)."
@@ -843,9 +855,8 @@ class OFD(Distiller):
     @classmethod
     def from_models(cls, student, teacher):
         "Switches both networks to pre-activation taps and reads the margins from the teacher's BN before each tap."
-        student.record_preact()
+        _to_preact(cls.name, student, teacher)
         if teacher is None: return {}
-        teacher.record_preact()
         return {'margins': [None if bn is None else ofd_margin(bn.weight, bn.bias) for bn in tap_norms(teacher)]}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, margins=None, stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
@@ -863,22 +874,39 @@ class OFD(Distiller):
         fs = [c(s_feats[i].to(dt)) for c, i in zip(self.connectors, self.stages)]
         return ofd_loss(fs, [t_feats[i] for i in self.stages], [getattr(self, f'margin{i}') for i in self.stages])
 
-# %% ../nbs/05_distillers.ipynb #21c25b27
+# %% ../nbs/05_distillers.ipynb #f30f0d29
 class _InitPhase(Distiller):
     "A method with an initialisation phase: `init_weight`·`init_loss` alone for the first `init_epochs` epochs, then CE + α·`loss`."
-    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, init_epochs=30, init_weight=1.0, **kw):
+    recipes = {'faithful': {'init_bn_eval': True}}   # RepDistiller's init runs the student in eval mode
+    @classmethod
+    def from_models(cls, student, teacher):
+        "The student, held by reference for `init_bn_eval`."
+        return {'student': student}
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, init_epochs=30, init_weight=1.0, init_bn_eval=False,
+                 student=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if int(init_epochs) != init_epochs or init_epochs < 0:
             raise ValueError(f"{self.name}: init_epochs is a number of epochs ≥ 0, got {init_epochs!r}")
-        self.init_epochs, self.init_weight = int(init_epochs), float(init_weight)
-        self.in_init = self.init_epochs > 0
+        if init_bn_eval and student is None:
+            raise ValueError(f"{self.name}: init_bn_eval=True needs the student: build it from the networks (build({self.name!r}, "
+                             "student, teacher, ...)) or pass student=")
+        self.init_epochs, self.init_weight, self.init_bn_eval = int(init_epochs), float(init_weight), bool(init_bn_eval)
+        self.in_init, self._student, self._told = self.init_epochs > 0, (student,), False   # the student: referenced, not registered
+    def train(self, mode=True):
+        "As `nn.Module.train`; with `init_bn_eval`, during the phase the student's BatchNorm layers stay in eval mode (as RepDistiller's init)."
+        super().train(mode)
+        if mode and self.in_init and self.init_bn_eval:
+            for m in self._student[0].modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+        return self
     def start_epoch(self, epoch, epochs):
         "Epochs 0 … `init_epochs` - 1 are the initialisation phase; it shows in the log as zero `ce` (and `kd`)."
         was, self.in_init = self.in_init, epoch < self.init_epochs
-        if self.in_init and (epoch == 0 or not was) or (was and not self.in_init and epoch > 0):
+        if self.init_epochs and (was != self.in_init or not self._told):       # the first epoch run (or resumed), and the switch
+            self._told = True
             if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank()):
                 print(f"{self.name}: " + (f"initialisation phase, epochs 1–{self.init_epochs}: the {self.name} term alone" if self.in_init
-                      else f"main phase from epoch {epoch + 1}"), flush=True)
+                      else f"main phase from epoch {self.init_epochs + 1}"), flush=True)
     def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         "The initialisation phase's (unweighted) objective."
         raise NotImplementedError
@@ -889,7 +917,8 @@ class _InitPhase(Distiller):
         terms = {'ce': zero, self.name: self.init_weight * self.init_loss(*student_out, *teacher_out, targets, index)}
         if self.with_kd: terms['kd'] = zero
         return terms
-    def extra_repr(self): return super().extra_repr() + f", init_epochs={self.init_epochs}, init_weight={self.init_weight:g}"
+    def extra_repr(self):
+        return super().extra_repr() + f", init_epochs={self.init_epochs}, init_weight={self.init_weight:g}, init_bn_eval={self.init_bn_eval}"
 
 # %% ../nbs/05_distillers.ipynb #c025f005
 @register
@@ -973,10 +1002,9 @@ class AB(_InitPhase):
         return 'as is (pre-activation taps; connectors built in where the shapes differ)'
     @classmethod
     def from_models(cls, student, teacher):
-        "Switches both networks to pre-activation taps (`TappedModel.record_preact`)."
-        for net in (student, teacher):
-            if net is not None: net.record_preact()
-        return {}
+        "Switches both networks to pre-activation taps (`TappedModel.record_preact`); holds the student for `init_bn_eval`."
+        _to_preact(cls.name, student, teacher)
+        return super().from_models(student, teacher)
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, margin=1.0, stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         self.margin, self.stages = float(margin), _spatial_taps(student_shapes, teacher_shapes, stages)

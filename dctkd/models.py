@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DEFAULT_TAPS', 'PAPER_ARCHS', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model',
-           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher', 'tap_norms']
+           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher', 'tap_norms', 'preact_taps']
 
 # %% ../nbs/04_models.ipynb #e010cae5
 import copy
@@ -281,7 +281,7 @@ class FrozenTeacher(nn.Module):
         if isinstance(out, tuple) and self.dtype is not None: out = (out[0].float(), *out[1:])
         return out
 
-# %% ../nbs/04_models.ipynb #72b8641b
+# %% ../nbs/04_models.ipynb #bf4970ce
 def tap_norms(model:TappedModel, # the network whose taps to inspect
               input_size=224,     # H (= W) or (H, W) of the input; the forward runs on the meta device (nothing computed)
              ) -> list:
@@ -299,6 +299,24 @@ def tap_norms(model:TappedModel, # the network whose taps to inspect
             hooks.append(modules[name].register_forward_pre_hook(lambda mod, args, start=start: start.__setitem__(0, count[0])))
             hooks.append(modules[name].register_forward_hook(
                 lambda mod, args, out, i=i, start=start: found.__setitem__(i, last[0] if count[0] > start[0] else None)))
+        tap_shapes(model, input_size)
+    finally:
+        for h in hooks: h.remove()
+    return found
+
+# %% ../nbs/04_models.ipynb #b01f9134
+def preact_taps(model:TappedModel, # the network whose taps to inspect
+                input_size=224,     # H (= W) or (H, W) of the input (a meta-device forward)
+               ) -> list:
+    "Per tap, whether `record_preact` gives a pre-activation there: its module returns the output of an activation module."
+    modules, last, found, hooks = dict(model.model.named_modules()), [None], [False] * len(model.taps), []
+    try:
+        for m in modules.values():
+            if isinstance(m, model.activations): hooks.append(m.register_forward_hook(lambda mod, args, out: last.__setitem__(0, out)))
+        for i, tap in enumerate(model.taps):
+            name, where = _parse_tap(tap)
+            if where == 'out':
+                hooks.append(modules[name].register_forward_hook(lambda mod, args, out, i=i: found.__setitem__(i, out is last[0])))
         tap_shapes(model, input_size)
     finally:
         for h in hooks: h.remove()

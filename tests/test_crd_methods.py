@@ -388,6 +388,28 @@ def test_init_phase_methods_switch_phase_by_epoch():
     with pytest.raises(ValueError, match='init_epochs'): build('ab', S_SHAPES, T_WIDE, 32, init_epochs=-1)
 
 
+@pytest.mark.parametrize('name', ['fsp', 'ab'])
+def test_init_bn_eval_variant_keeps_the_students_batchnorm_frozen_in_the_phase(name):
+    "RepDistiller's init runs `model_s.eval()`: `init_bn_eval=True` (the faithful recipe) does the same during the phase only."
+    torch.manual_seed(0)
+    s, t = build_model('resnet18', 4), FrozenTeacher(build_model('resnet18', 4))
+    d = build(name, s, t, 32, init_epochs=1, recipe='faithful')
+    assert d.init_bn_eval and not build(name, build_model('resnet18', 4), t, 32).init_bn_eval
+    trainee = T.Trainee(s, d)
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    d.start_epoch(0, 2); trainee.train()
+    bns = [m for m in s.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    stats = [m.running_mean.clone() for m in bns]
+    terms, _ = trainee(x, y, None, t(x))
+    sum(terms.values()).backward()
+    assert all(not m.training for m in bns) and all(torch.equal(m.running_mean, r) for m, r in zip(bns, stats))
+    assert s.model.layer1[0].bn1.weight.grad is not None                   # its affine parameters still train
+    d.start_epoch(1, 2); trainee.train()
+    assert all(m.training for m in bns)
+    trainee(x, y, None, t(x))
+    assert not torch.equal(bns[0].running_mean, stats[0])
+
+
 def test_preact_taps_for_ofd_and_ab_built_from_networks():
     torch.manual_seed(0)
     s, t = build_model('resnet18', 4), build_model('resnet34', 4)
