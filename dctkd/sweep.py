@@ -9,13 +9,13 @@ __all__ = ['run_sweep', 'measured_epoch_seconds', 'estimate_walltime', 'sweep_pa
            'aggregate', 'expected_from_plan', 'in_paper', 'mean_std', 'pair_label', 'protocol_text', 'report_cli',
            'report_csv', 'report_figure', 'report_markdown', 'row_order', 'row_title', 'write_report']
 
-# %% ../nbs/18_sweep.ipynb #43d80c6b
+# %% ../nbs/18_sweep.ipynb #2cd452e9
 import argparse
 import json
 import time
 from pathlib import Path
 
-# %% ../nbs/18_sweep.ipynb #db3365ba
+# %% ../nbs/18_sweep.ipynb #d2d7c810
 from .executors import _LocalPool, _Sequential, _Submitit, _alive, _job_main, _now, _slug, job_spec, process_identity, run_job
 from .plan import (PLAN_KEYS, RUN_KEYS, SLURM_KEYS, PlanError, check_defaults, experiments_dir, load_plan, plan_jobs,
                         plan_path, shipped_plans, train_notebook, unknown_keys)
@@ -23,15 +23,16 @@ from .runs import CONFIG, atomic_text, find_runs, folder_lock, is_complete, read
 from .tables import (SHORT, aggregate, expected_from_plan, in_paper, mean_std, pair_label, protocol_text, report_cli,
                           report_csv, report_figure, report_markdown, row_order, row_title, write_report)
 from .config import make_config
+from .check import check_run
 
-# %% ../nbs/18_sweep.ipynb #119ebbb1
+# %% ../nbs/18_sweep.ipynb #b757bcb0
 # the names of the three sweep rooms, kept here (`from dctkd.sweep import *` and `dctkd.sweep.load_plan` work as before)
 _all_ = ['PLAN_KEYS', 'RUN_KEYS', 'SLURM_KEYS', 'PlanError', 'check_defaults', 'experiments_dir', 'load_plan', 'plan_jobs', 'plan_path',
          'shipped_plans', 'train_notebook', 'unknown_keys', 'job_spec', 'process_identity', 'run_job', 'SHORT', 'aggregate',
          'expected_from_plan', 'in_paper', 'mean_std', 'pair_label', 'protocol_text', 'report_cli', 'report_csv', 'report_figure',
          'report_markdown', 'row_order', 'row_title', 'write_report']
 
-# %% ../nbs/18_sweep.ipynb #0eab755a
+# %% ../nbs/18_sweep.ipynb #d06a92d1
 def _gpus(plan, gpus_per_job) -> int:
     "The GPUs of one run: `gpus_per_job`, else the plan's `slurm: gpus_per_job`, else 1; an integer ≥ 1."
     g = gpus_per_job if gpus_per_job is not None else (plan.get('slurm') or {}).get('gpus_per_job', 1)
@@ -43,7 +44,7 @@ def _launcher(executor, out, *, jobs, gpus_per_job, threads, cluster, slurm):
     if executor == 'submitit': return _Submitit(out, cluster=cluster, jobs=jobs, gpus_per_job=gpus_per_job, slurm=slurm)
     return _LocalPool(out, jobs=jobs, gpus_per_job=gpus_per_job, threads=threads) if jobs > 1 else _Sequential(out)
 
-# %% ../nbs/18_sweep.ipynb #a03311dc
+# %% ../nbs/18_sweep.ipynb #125e1f90
 def _first_records(jobs, old, launcher, resume, log) -> tuple:
     "Each job's first record: done (skipped), refused (--no-resume on an existing folder), followed (an earlier driver's job) or pending."
     rec, todo, running = {}, [], {}
@@ -62,7 +63,7 @@ def _first_records(jobs, old, launcher, resume, log) -> tuple:
         else: rec[key] = {**st, 'status': 'pending'}; todo.append(j)
     return rec, todo, running
 
-# %% ../nbs/18_sweep.ipynb #3fba13a4
+# %% ../nbs/18_sweep.ipynb #b83ccbaa
 def _start_ready(todo, running, rec, launcher, logs, spec, log) -> list:
     "Start the jobs that may start (teacher done, or on SLURM submitted; the executor has room); a failed teacher skips its students."
     starts = []
@@ -85,7 +86,7 @@ def _start_ready(todo, running, rec, launcher, logs, spec, log) -> list:
         starts.append((j, spec(j), lp, after))
     return starts
 
-# %% ../nbs/18_sweep.ipynb #8046dea7
+# %% ../nbs/18_sweep.ipynb #8ed4d88e
 def _collect(running, rec, launcher, log):
     "Record the jobs that finished; on SLURM a failed teacher's queued students are cancelled and skipped."
     for key, (j, h) in list(running.items()):
@@ -104,7 +105,7 @@ def _collect(running, rec, launcher, log):
                     launcher.cancel(h2); del running[k2]
                     rec[k2].update(status='skipped', error=f"teacher {key} did not finish (failed)", finished_at=_now())
 
-# %% ../nbs/18_sweep.ipynb #bbf444a8
+# %% ../nbs/18_sweep.ipynb #919a5447
 def _drive(out, plan, executor, todo_jobs, launcher, resume, spec, poll_s, log) -> dict:
     "Run the jobs to the end under the sweep folder's lock, rewriting `sweep.json` at every change; Ctrl-C stops what this driver started."
     logs = out / 'logs'; logs.mkdir(exist_ok=True)
@@ -133,7 +134,17 @@ def _drive(out, plan, executor, todo_jobs, launcher, resume, spec, poll_s, log) 
     status['finished'] = _now(); save()
     return status
 
-# %% ../nbs/18_sweep.ipynb #74a813ae
+# %% ../nbs/18_sweep.ipynb #67092554
+def _check_job(j) -> str:
+    "Every check of `dctkd.check` on a job's config; a `UsageError` naming the job. A student whose teacher is not trained yet: without it."
+    c, note = dict(j['config']), ''
+    if c.get('teacher') and not is_complete(c['teacher']):
+        c, note = {**c, 'teacher': '', 'method': 'none'}, ' (its teacher is checked when it starts)'
+    try: check_run({'preset': j['preset'] or None, **c})
+    except ValueError as e: raise type(e)(f"{j['key']}: {e}") from None
+    return 'checked' + note
+
+# %% ../nbs/18_sweep.ipynb #6ebae0a7
 def run_sweep(plan, out, *,
               executor='papermill', # how jobs run: 'papermill' (the train notebook), 'inprocess' (`fit`), or 'submitit' (SLURM / local processes)
               jobs:int=1,           # parallel jobs: local worker processes (papermill/inprocess), or submitit's local processes
@@ -149,9 +160,11 @@ def run_sweep(plan, out, *,
     gpus_per_job = _gpus(plan, gpus_per_job)
     runner = 'papermill' if executor == 'papermill' or (executor == 'submitit' and notebook) else 'inprocess'
     out = Path(out); todo_jobs = plan_jobs(plan, out)
-    if dry_run:
+    if dry_run:                                       # list the jobs, each through every check of dctkd.check
         for j in todo_jobs:
-            log(f"{j['key']:<28} {'done' if is_complete(j['folder']) else 'todo':<5} {j['folder']}  preset={j['preset'] or '-'} {json.dumps(j['config'])}")
+            done = is_complete(j['folder'])
+            log(f"{j['key']:<28} {'done' if done else 'todo':<5} {j['folder']}  preset={j['preset'] or '-'} {json.dumps(j['config'])}"
+                + ('' if done else f"  [{_check_job(j)}]"))
         return {'plan': plan['source'], 'jobs': {j['key']: {'run': str(j['folder'])} for j in todo_jobs}}
     if runner == 'papermill': notebook = Path(notebook) if notebook else train_notebook()
     spec = lambda j: job_spec(j, runner=runner, notebook=notebook, gpus=gpus_per_job, threads=threads)
@@ -166,7 +179,7 @@ def run_sweep(plan, out, *,
     log(f"sweep finished: {n['done']} done, {n['failed']} failed, {n['skipped']} skipped; record in {out / 'sweep.json'}")
     return status
 
-# %% ../nbs/18_sweep.ipynb #c297a92a
+# %% ../nbs/18_sweep.ipynb #d1d1713b
 def measured_epoch_seconds(runs_root) -> dict:
     "Seconds per epoch measured in the run folders under `runs_root` (median of metrics.csv's `time_s`), by plan run name and by arch."
     import statistics
@@ -178,7 +191,7 @@ def measured_epoch_seconds(runs_root) -> dict:
         by_run.setdefault(name, []).extend(t); by_arch.setdefault(r['cfg']['arch'], []).extend(t)
     return {**{k: statistics.median(v) for k, v in by_arch.items()}, **{k: statistics.median(v) for k, v in by_run.items()}}
 
-# %% ../nbs/18_sweep.ipynb #8d5fe18d
+# %% ../nbs/18_sweep.ipynb #2c56bad9
 def estimate_walltime(plan, gpus:int,
                       epoch_s,   # seconds per epoch: a number, or a mapping plan run name (or arch) -> seconds
                      ) -> dict:
@@ -201,7 +214,7 @@ def estimate_walltime(plan, gpus:int,
     return {'gpus': gpus, 'jobs': len(durs), 'gpu_hours': total / 3600, 'wall_hours': t / 3600,
             'lower_bound_hours': max(total / gpus, max(d + (durs[tk][0] if tk else 0) for d, tk in durs.values())) / 3600}
 
-# %% ../nbs/18_sweep.ipynb #f49f6886
+# %% ../nbs/18_sweep.ipynb #4cf279f8
 def sweep_parser() -> argparse.ArgumentParser:
     "The options of `dctkd_sweep`."
     ap = argparse.ArgumentParser(prog='dctkd_sweep', formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -234,7 +247,7 @@ def sweep_parser() -> argparse.ArgumentParser:
     e.add_argument('--measured', default=None, help='run folders whose metrics.csv time_s are the measured epoch times (default: <out>/runs)')
     return ap
 
-# %% ../nbs/18_sweep.ipynb #62f193dc
+# %% ../nbs/18_sweep.ipynb #69564ca6
 def _estimate(ap, args, plan, out) -> int:
     "`--estimate`: print the wall time of `plan` on each GPU count."
     measured = Path(args.measured or out / 'runs')
@@ -271,7 +284,7 @@ def sweep_cli(argv=None):
     except (PlanError, FileNotFoundError, RuntimeError, ValueError, ImportError, KeyError) as e: ap.error(str(e).strip('"'))
     return int(any(v.get('status') in ('failed', 'skipped') for v in st['jobs'].values()))
 
-# %% ../nbs/18_sweep.ipynb #25a32b35
+# %% ../nbs/18_sweep.ipynb #db154b03
 if __name__ == '__main__' and Path(__import__('sys').argv[0]).name == 'sweep.py':   # python -m dctkd.sweep (not a notebook kernel)
     import sys
     sys.exit(_job_main() if '--job' in sys.argv[1:] else sweep_cli())

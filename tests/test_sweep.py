@@ -66,7 +66,7 @@ def test_train_evaluate_report_notebooks(toy, tmp_path, kernel_env):
     assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 1
 
 
-def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env, monkeypatch):
+def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env, monkeypatch, capsys):
     plan = tmp_path / 'plan.yaml'
     tiny = ', '.join(f'{k}: {v}' for k, v in TINY.items())
     plan.write_text(f"""
@@ -95,7 +95,9 @@ runs:
     assert 't/seed0: done, skipped' in log and 's/seed0: done, skipped' in log
     assert (s / 'summary.json').stat().st_mtime == mtime
     assert st2['jobs']['t-bad/seed0']['status'] == 'failed'
-    assert sweep_cli([str(plan), '--out', str(out), '--dry-run']) == 0
+    with pytest.raises(SystemExit) as e:                     # a dry run puts every job not done through dctkd.check
+        sweep_cli([str(plan), '--out', str(out), '--dry-run'])
+    assert e.value.code == 2 and 't-bad/seed0: config pretrained=' in capsys.readouterr().err
 
 
 def test_shipped_plans_are_valid():
