@@ -283,7 +283,7 @@ def read_metrics(run) -> dict:
 def write_summary(run, history:list, cfg:TrainConfig):
     "summary.json and summary.md: best (by val top-1) and last epoch, and the curves figure."
     run = Path(run)
-    best, last = max(history, key=lambda r: r['val_top1']), history[-1]
+    best, last = max((r for r in history if 'val_top1' in r), key=lambda r: r['val_top1']), history[-1]   # validated epochs (val_every)
     s = {'run': str(run), 'arch': cfg.arch, 'method': cfg.method, 'dataset': cfg.dataset, 'teacher': cfg.teacher,
          'epochs': len(history), 'best': best, 'last': last, 'versions': versions()}
     cols = ['val_top1', 'val_top5', 'val_mca_present', 'val_mca_all']
@@ -304,8 +304,9 @@ def plot_curves(history:list, path=None):
     a, b = fig.subplots(1, 2)
     for k in history[0]:
         if k.startswith('train_'): a.plot(ep, [r[k] for r in history], label=k[6:])
-    a.plot(ep, [r['val_loss'] for r in history], 'k--', label='val CE'); a.set_xlabel('epoch'); a.set_yscale('log'); a.legend(fontsize=7)
-    for k in ('val_top1', 'val_top5', 'val_mca_present'): b.plot(ep, [r[k] for r in history], label=k[4:])
+    val = [r for r in history if 'val_top1' in r]                # epochs validated (all, unless val_every > 1)
+    a.plot([r['epoch'] for r in val], [r['val_loss'] for r in val], 'k--', label='val CE'); a.set_xlabel('epoch'); a.set_yscale('log'); a.legend(fontsize=7)
+    for k in ('val_top1', 'val_top5', 'val_mca_present'): b.plot([r['epoch'] for r in val], [r[k] for r in val], label=k[4:])
     b.set_xlabel('epoch'); b.set_ylabel('%'); b.legend(fontsize=7)
     if path: fig.savefig(path, dpi=80)
     return fig
@@ -359,8 +360,8 @@ def resume_state(run) -> dict|None:
             ck['best_top1'] = -1.0
             write_metrics(run, ck['history'])
             return ck
-        best_epoch = max(range(len(ck['history'])), key=lambda i: ck['history'][i]['val_top1'])
-        if b['epoch'] != best_epoch and b['epoch'] <= ck['epoch']:
+        best_epoch = max((i for i, r in enumerate(ck['history']) if 'val_top1' in r), key=lambda i: ck['history'][i]['val_top1'], default=-1)
+        if best_epoch >= 0 and b['epoch'] != best_epoch and b['epoch'] <= ck['epoch']:
             raise RuntimeError(f"{run}: {BEST} holds epoch {b['epoch'] + 1} but the history in {LATEST} says the best epoch is "
                                f"{best_epoch + 1}; the run folder was changed by hand; start a new run")
     write_metrics(run, ck['history'])
