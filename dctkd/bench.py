@@ -32,17 +32,12 @@ import yaml
 
 from .config import make_config, method_hparams, open_split
 from .data.toy import TOY_BENCH, make_toy_scenes
-from .runs import atomic_save, atomic_text, atomic_write, find_runs, read_checkpoint, read_config
+from .runs import atomic_save, atomic_text, atomic_write, find_runs, read_checkpoint, read_config, run_folder_of
 from .sweep import load_plan, mean_std, plan_jobs, row_order, row_title, run_sweep
 from .viz import attention_figure, load_model, model_attention, prepare_image, spectra_figure
 
 # %% ../nbs/20_bench.ipynb #4bc48528
 BENCH_COLUMNS = ('role', 'row', 'title', 'arch', 'method', 'transform', 'seed', 'top1_best', 'top1_last')
-
-def _run_folder(t) -> Path:
-    "A teacher reference (run folder or a checkpoint inside one) -> its run folder."
-    p = Path(t)
-    return p.parent.parent if p.suffix == '.pt' and p.parent.name == 'checkpoints' else p
 
 def _row_of(name:str) -> str:
     "The plan row of a sweep run folder named '<row>-s<seed>'."
@@ -58,7 +53,7 @@ def bench_rows(runs_root,        # a folder holding run folders (searched recurs
               ) -> list:
     "One dict per complete run under `runs_root`: the `BENCH_COLUMNS` and its `folder`, teachers first, then the registry's order."
     runs = find_runs(runs_root)
-    teachers = {_run_folder(r['cfg']['teacher']).resolve() for r in runs if r['cfg'].get('teacher')}
+    teachers = {run_folder_of(r['cfg']['teacher']).resolve() for r in runs if r['cfg'].get('teacher')}
     rows = []
     for r in runs:
         cfg, s = r['cfg'], r['summary']
@@ -313,13 +308,22 @@ def kd_summary(rows,           # from `bench_rows` (with folders)
         out.append({'row': w, 'title': rs[0]['title'], 'last': mean_std(last), 'range': (min(last), max(last)), 'share': share})
     return out
 
-def kd_text(ks:list) -> str:
-    "The measured part of the report's '+ KD' section: one line per row from `kd_summary`."
+def kd_text(ks:list,      # from `kd_summary`
+            rows:list=None, # the benchmark's rows: each '<row>-ce1' is then compared with '<row>', paired by seed
+           ) -> str:
+    "The measured part of the report's '+ KD' section: one line per row from `kd_summary`, then each recipe change against its row."
     L = []
     for k in ks:
         sh = '; '.join(f"{t} {a:.0%} → {b:.0%}" for t, (a, b) in sorted(k['share'].items()))
         L.append(f"- **{k['title']}**: last top-1 {_cell(k['last'])} (seeds {k['range'][0]:.1f}–{k['range'][1]:.1f})"
                  + (f"; share of the gradient norm on the student, first → last epoch (median over seeds): {sh}" if sh else ''))
+    by = {k['row']: k for k in ks}
+    for w in by:
+        if w.endswith('-ce1') and w[:-4] in by and rows:
+            seeds = lambda row: {r['seed']: r['top1_last'] for r in rows if r['row'] == row}
+            p = paired_delta(seeds(w), seeds(w[:-4]))
+            L.append(f"- **{by[w]['title']}** − **{by[w[:-4]]['title']}**, paired by seed: {_delta(p)} "
+                     f"({verdict(p['lo'], p['hi']).replace('better', 'the change helps').replace('worse', 'the change hurts')})")
     return '\n'.join(L)
 
 # %% ../nbs/20_bench.ipynb #65846a9b
@@ -508,8 +512,7 @@ def bench_report(out,                          # the sweep folder (its runs/ and
     meta['runs'] = (f"{n} runs, {total:.0f} s ({total / 60:.1f} min) of training in all (the sum of sweep.json's per-run times; "
                     f"{total / max(n, 1):.0f} s per run on average, the longest {longest:.0f} s)")
     meta['figures'] = {k: paths[k].name for k in figs}
-    if kd and 'kd' not in meta: meta['kd'] = kd_text(kd_summary(rows, kd))
-    elif kd: meta['kd'] = meta['kd'] + '\n\n' + kd_text(kd_summary(rows, kd))
+    if kd: meta['kd'] = '\n\n'.join(x for x in (meta.get('kd'), kd_text(kd_summary(rows, kd), rows)) if x)
     atomic_text(paths['md'], bench_markdown(rows, meta))
     return {k: p for k, p in paths.items() if p.exists()}
 
@@ -539,6 +542,7 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
     if len(roots) != 1: raise ValueError(f"the benchmark plan's runs must share one data root, got {sorted(roots)}")
     data = {**TOY_BENCH, **(data or {})}
     fp = fingerprint(command)                          # before anything is written: the commit as it was
+    if threads: fp['threads'] = threads                # the workers' threads (run_job sets them), not this driver's
     t0 = time.time()
     make_toy_scenes(roots.pop(), layout='mit67', progress=False, **data)
     status = run_sweep(spec, out, executor=executor, jobs=jobs, threads=threads, log=log)
