@@ -44,8 +44,12 @@ sync: $(STAMP)
 	  echo "review them (git diff), then commit notebooks, dctkd/ and README.md together"; exit 1; fi; \
 	echo "notebooks, library and README in sync"
 
+# Two pytest-xdist workers (`-n 2`, one per core of a 2-core machine); `--dist loadgroup` keeps the tests marked with one
+# xdist_group on one worker (tests/conftest.py: the docs-site tests beside the notebooks whose outputs they reuse).
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: sync
-	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider --durations=15
+	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup -p no:cacheprovider --durations=15
 
 # The quickstart: toy scenes, a teacher, a baseline, a DCT and a DCT + KD student, evaluated, with attention
 # maps and spectra; the executed notebook and its HTML go to a new runs/demo/<date-time>/ folder.

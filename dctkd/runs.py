@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['TMP_SUFFIX', 'CONFIG', 'RESUMES', 'METRICS', 'SUMMARY', 'SUMMARY_MD', 'CURVES', 'LOCK', 'LATEST', 'BEST',
-           'TENSORBOARD', 'PATH_KEYS', 'RESUME_ONLY', 'umask', 'atomic_write', 'atomic_text', 'atomic_save',
+           'TENSORBOARD', 'PATH_KEYS', 'RESUME_ONLY', 'EXECUTED', 'umask', 'atomic_write', 'atomic_text', 'atomic_save',
            'clean_temp', 'config_for_run', 'config_from_run', 'claim', 'publish_dir', 'runs_dir', 'new_run_dir',
            'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'versions', 'checkpoint_path',
            'read_checkpoint', 'load_student', 'load_teacher', 'save_model', 'write_metrics', 'read_metrics',
            'write_summary', 'plot_curves', 'read_config', 'finished_epochs', 'is_complete', 'find_runs', 'save_epoch',
-           'resume_state', 'record_resume']
+           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook']
 
 # %% ../nbs/13_runs.ipynb #6dc1982f
 import dataclasses
@@ -375,3 +375,21 @@ def record_resume(run, cfg:TrainConfig, epoch:int, changed:dict):
     log.append({'at_epoch': epoch + 1, 'changed': changed, 'time': datetime.datetime.now().isoformat(timespec='seconds')})
     atomic_text(run / RESUMES, json.dumps(log, indent=2))
     atomic_text(run / CONFIG, json.dumps(config_for_run(dataclasses.asdict(cfg), run), indent=2))
+
+# %% ../nbs/13_runs.ipynb #167ca73d
+EXECUTED = 'train.ipynb'   # the executed train notebook a sweep keeps in a run folder
+
+def run_folder(cfg:TrainConfig) -> Path:
+    "The run folder of a config that names its run: `runs_dir(cfg) / cfg.name`."
+    if not cfg.name: raise ValueError("run_folder: the config names no run (name=...); new_run_dir picks a fresh name")
+    return runs_dir(cfg) / cfg.name
+
+def run_folder_of(path) -> Path:
+    "The run folder of a run folder or of a checkpoint inside one (`RUN/checkpoints/best.pt` -> `RUN`); any other path unchanged."
+    p = Path(path)
+    return p.parent.parent if p.suffix == '.pt' and p.parent.name == LATEST.parent.name else p
+
+def executing_notebook(folder) -> Path:
+    "Where a sweep's train notebook is written while run `folder` trains: beside it, hidden (`.NAME.train.ipynb`)."
+    folder = Path(folder)
+    return folder.parent / f'.{folder.name}.{EXECUTED}'
