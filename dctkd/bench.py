@@ -678,6 +678,7 @@ def bench_section(results='benchmarks/results', # the committed results folder
          f"every method at the registry's default weights. {_report_line(md, 'Regime')}.", '',
          f"Measured {fp['date']} on {fingerprint_line(fp)}; `{fp['command']}`: **{_report_line(md, 'Wall time').split(' for this call')[0]} wall**; "
          f"{_report_line(md, 'Budget')}; {_report_line(md, 'Load')}.", '',
+         *([f"*Note:* {_report_line(md, 'Note')}", ''] if _report_line(md, 'Note') else []),
          f"Teacher {_cell(teacher['last'])}, baseline {_cell(base['last'])} (top-1 %, last epoch, {n_val} held-out images). "
          f"**Smallest effect this design detects: {pw['mde']:.1f} points** (5 % two-sided, {pw['power']:.0%} power; paired sd "
          f"{pw['sd']:.2f} over {pw['n']} seeds; binomial SE of one run's accuracy {pw['binomial_se']:.2f}).", '',
