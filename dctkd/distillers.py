@@ -891,7 +891,7 @@ class _InitPhase(Distiller):
             raise ValueError(f"{self.name}: init_bn_eval=True needs the student: build it from the networks (build({self.name!r}, "
                              "student, teacher, ...)) or pass student=")
         self.init_epochs, self.init_weight, self.init_bn_eval = int(init_epochs), float(init_weight), bool(init_bn_eval)
-        self.in_init, self._student = self.init_epochs > 0, (student,)   # a tuple: referenced, not registered
+        self.in_init, self._student, self._told = self.init_epochs > 0, (student,), False   # the student: referenced, not registered
     def train(self, mode=True):
         "As `nn.Module.train`; with `init_bn_eval`, during the phase the student's BatchNorm layers stay in eval mode (as RepDistiller's init)."
         super().train(mode)
@@ -902,10 +902,11 @@ class _InitPhase(Distiller):
     def start_epoch(self, epoch, epochs):
         "Epochs 0 … `init_epochs` - 1 are the initialisation phase; it shows in the log as zero `ce` (and `kd`)."
         was, self.in_init = self.in_init, epoch < self.init_epochs
-        if self.in_init and (epoch == 0 or not was) or (was and not self.in_init and epoch > 0):
+        if self.init_epochs and (was != self.in_init or not self._told):       # the first epoch run (or resumed), and the switch
+            self._told = True
             if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank()):
                 print(f"{self.name}: " + (f"initialisation phase, epochs 1–{self.init_epochs}: the {self.name} term alone" if self.in_init
-                      else f"main phase from epoch {epoch + 1}"), flush=True)
+                      else f"main phase from epoch {self.init_epochs + 1}"), flush=True)
     def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         "The initialisation phase's (unweighted) objective."
         raise NotImplementedError
