@@ -28,15 +28,17 @@ PARTS = ['step', 'teacher', 'data', 'validation', 'checkpoint', 'logging', 'summ
 
 
 class Timer:
-    "Seconds per part; `wrap(part, fn)` times every call of `fn` (nested parts are subtracted from the outer one)."
+    """CPU seconds of this process per part (`time.process_time`: on a machine shared with other jobs much steadier than
+    wall time, and with one thread and no loader workers it is the run's own work); `wrap(part, fn)` times every call
+    of `fn` (nested parts are subtracted from the outer one)."""
     def __init__(self): self.t, self.stack = {p: 0. for p in PARTS}, []
 
     def wrap(self, part, fn):
         def timed(*a, **k):
-            t0 = time.perf_counter(); self.stack.append(0.)
+            t0 = time.process_time(); self.stack.append(0.)
             try: return fn(*a, **k)
             finally:
-                dt, inner = time.perf_counter() - t0, self.stack.pop()
+                dt, inner = time.process_time() - t0, self.stack.pop()
                 self.t[part] += dt - inner
                 if self.stack: self.stack[-1] += dt
         return timed
@@ -95,35 +97,36 @@ def main():
                     train_per_class=10, progress=False)
         with contextlib.redirect_stdout(None):
             teacher = T.fit(make_config('cpu-toy', **{**base, 'train_per_class': 0}, arch='resnet18', epochs=1, max_batches=2, name='teacher'))
-        student = dict(base, arch='resnet18', method='dct+kd', teacher=str(teacher), epochs=a.epochs)
+        student = dict(base, arch='resnet18', method='dct+kd', teacher=str(teacher), epochs=a.epochs,
+                       hparams={'stages': [0, 1, 2]})        # layer4 is 1×1 at 32 px: `check` refuses to distil it
         rep.line(f'\nOne student run of the CPU benchmark (ResNet-18 DCT + KD, 80 training and {8 * a.per_class // 5} validation images at 32 px, batch 16, '
-                 f'{a.epochs} epochs, {torch.get_num_threads()} thread), its parts timed; median [min–max] seconds over {a.rounds} '
-                 f'interleaved rounds. `step` is the optimiser step without the teacher\'s forward (`teacher`); `data` the training '
+                 f'{a.epochs} epochs, {torch.get_num_threads()} thread), its parts timed in CPU seconds of the process (steadier than wall time on a shared machine); median [min–max] over {a.rounds} '
+                 f'interleaved rounds, with each part\'s share of the run. `step` is the optimiser step without the teacher\'s forward (`teacher`); `data` the training '
                  f'batches\' loading and augmentation; `validation` includes its own data; `setup` opening the data and building the '
                  'networks; `other` the rest of the wall time.')
-        times = {v: [] for v in a.variants}
+        times, walls = {v: [] for v in a.variants}, {v: [] for v in a.variants}
         parts = {v: {p: [] for p in PARTS + ['other']} for v in a.variants}
         for r in range(a.rounds):
             order = a.variants[r % len(a.variants):] + a.variants[:r % len(a.variants)]
             for v in order:
                 timer = Timer()
-                t0 = time.perf_counter()
+                t0, w0 = time.process_time(), time.perf_counter()
                 with instrumented(timer), contextlib.redirect_stdout(None):
                     T.fit(make_config('cpu-toy', **student, **VARIANTS[v], name=f'{v}-{r}'))
-                wall = time.perf_counter() - t0
+                wall, walls[v] = time.process_time() - t0, walls[v] + [time.perf_counter() - w0]
                 times[v].append(wall)
                 for p in PARTS: parts[v][p].append(timer.t[p])
                 parts[v]['other'].append(wall - sum(timer.t.values()))
-                print(f'  round {r + 1} {v}: {wall:.1f} s ' + ' '.join(f'{p} {timer.t[p]:.1f}' for p in PARTS), flush=True)
+                print(f'  round {r + 1} {v}: {wall:.1f} CPU s, {walls[v][-1]:.1f} s wall; ' + ' '.join(f'{p} {timer.t[p]:.1f}' for p in PARTS), flush=True)
         rows = []
         for v in a.variants:
-            rep.record(f'{v}_wall_s', times[v])
+            rep.record(f'{v}_cpu_s', times[v]); rep.record(f'{v}_wall_s', walls[v])
             for p in PARTS + ['other']: rep.record(f'{v}_{p}_s', parts[v][p])
             share = {p: 100 * sum(parts[v][p]) / sum(times[v]) for p in PARTS + ['other']}
-            rows.append([v, ', '.join(f'{k}={x}' for k, x in VARIANTS[v].items()) or 'defaults', fmt(times[v], digits=1)]
+            rows.append([v, ', '.join(f'{k}={x}' for k, x in VARIANTS[v].items()) or 'defaults', fmt(times[v], digits=1), fmt(walls[v], digits=1)]
                         + [f"{fmt(parts[v][p], digits=1)} ({share[p]:.0f} %)" for p in PARTS + ['other']]
-                        + [fmt(ratios(times[v], times[a.variants[0]]), '×', digits=2)])
-        rep.table(['variant', 'keys', 'wall (s)'] + PARTS + ['other', f'wall vs {a.variants[0]}'], rows)
+                        + [fmt(ratios(times[v], times[a.variants[0]]), '×', digits=2), fmt(ratios(walls[v], walls[a.variants[0]]), '×', digits=2)])
+        rep.table(['variant', 'keys', 'CPU (s)', 'wall (s)'] + PARTS + ['other', f'CPU vs {a.variants[0]}', f'wall vs {a.variants[0]}'], rows)
 
 
 if __name__ == '__main__':

@@ -20,7 +20,7 @@ QUICK = dict(rounds=2, pairs=['resnet18:resnet18'])
 PAIRS = ['resnet18:resnet18', 'resnet56:resnet20', 'resnet110:resnet32', 'resnet32x4:resnet8x4']
 
 
-def stepper(teacher_arch, student_arch, batch, size, amp=None, cl=False, compile=False, classes=8):
+def stepper(teacher_arch, student_arch, batch, size, amp=None, cl=False, compile=False, gnorm=False, classes=8):
     "A function doing one `train_step` of DCT + KD (the dctkd recipe) with the switches given."
     torch.manual_seed(0)
     teacher = FrozenTeacher(build_model(teacher_arch, classes))
@@ -34,7 +34,8 @@ def stepper(teacher_arch, student_arch, batch, size, amp=None, cl=False, compile
     opt = torch.optim.SGD([p for p in tr.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
     scaler = torch.amp.GradScaler('cpu', enabled=False)
     idx = torch.arange(batch)
-    return lambda: train_step(tr, teacher, (x, y, idx), opt, scaler, amp, cl)
+    params = list(student.parameters()) if gnorm else None
+    return lambda: train_step(tr, teacher, (x, y, idx), opt, scaler, amp, cl, params)
 
 
 def main():
@@ -49,10 +50,12 @@ def main():
     variants = {'fp32': {}, 'channels_last': dict(cl=True), 'bf16': dict(amp=torch.bfloat16),
                 'bf16 + channels_last': dict(amp=torch.bfloat16, cl=True)}
     if a.compile: variants['compile'] = dict(compile=True)
+    variants['log_gnorm=1'] = dict(gnorm=True)      # not a speed switch: the cost of measuring every term's gradient norm on every step
     with Report('switches', 'CPU training switches against fp32 (`benchmarks/switches.py`)', a) as rep:
         rep.line(f'\nOne DCT + KD training step (`dctkd.train.train_step`: teacher forward, student forward and backward, SGD), batch '
                  f'{a.batch} at {a.size} px, {torch.get_num_threads()} thread; images/s of fp32 and each switch\'s speed against fp32 '
-                 f'in the same round (above 1: faster), median [min–max] of {a.rounds} interleaved rounds.')
+                 f'in the same round (above 1: faster), median [min–max] of {a.rounds} interleaved rounds. The last column is not a switch '
+                 f'but the price of `log_gnorm=1` (each loss term\'s gradient norm measured on every step: one extra backward per term).')
         rows = []
         for pair in a.pairs:
             t_arch, s_arch = pair.split(':')

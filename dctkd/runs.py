@@ -9,7 +9,7 @@ __all__ = ['TMP_SUFFIX', 'CONFIG', 'RESUMES', 'METRICS', 'SUMMARY', 'SUMMARY_MD'
            'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'versions', 'checkpoint_path',
            'read_checkpoint', 'load_student', 'load_teacher', 'save_model', 'write_metrics', 'read_metrics',
            'write_summary', 'plot_curves', 'read_config', 'finished_epochs', 'is_complete', 'find_runs', 'save_epoch',
-           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook']
+           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook', 'new_eval_files']
 
 # %% ../nbs/13_runs.ipynb #6dc1982f
 import dataclasses
@@ -413,3 +413,13 @@ def executing_notebook(folder) -> Path:
     "Where a sweep's train notebook is written while run `folder` trains: beside it, hidden (`.NAME.train.ipynb`)."
     folder = Path(folder)
     return folder.parent / f'.{folder.name}.{EXECUTED}'
+
+def new_eval_files(run,                # the run folder
+                   split:str,          # the evaluated split
+                   which:str,          # 'best' or 'last'
+                   ten_crop:bool=False,
+                  ) -> dict:
+    "Fresh names for one evaluation's files in `run`: {'json', 'md', 'png'}; the .json is claimed at once, so two evaluations never share them."
+    base = f"eval-{split}-{which}{'-tencrop' if ten_crop else ''}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    stem = claim(run, base, lambda p: open(p.with_name(p.name + '.json'), 'x').close()).name   # base, base-2, ...: the .json decides
+    return {'json': Path(run) / f'{stem}.json', 'md': Path(run) / f'{stem}.md', 'png': Path(run) / f'{stem}-confusion.png'}
