@@ -464,6 +464,8 @@ def check_record(run,           # the run folder of the cell's seed that bench-c
                 ) -> dict:
     "What `make bench-check` needs: the run's config (less its places), its per-epoch metrics, the data, the fingerprint and the cell's spread."
     cfg = read_config(run)
+    rel = os.path.relpath(cfg['root'])                 # the data root as the benchmark's command saw it (from the checkout)
+    if not rel.startswith('..'): cfg['root'] = rel
     row = _row_of(str(cfg['name']))
     cell = [r for r in rows if r['row'] == row]
     S = {d['row']: d for d in bench_summary(rows)}
