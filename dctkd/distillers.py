@@ -4,9 +4,10 @@
 
 # %% auto #0
 __all__ = ['PLUS_KD_ORDER', 'PLUS_KD', 'Distiller', 'register', 'unregister', 'names', 'MethodInfo', 'method', 'build',
-           'method_hparams', 'NoDistillation', 'KD', 'DCT', 'AT', 'PKT', 'VIDRegressor', 'VID', 'ContrastMemory',
-           'nce_loss', 'CRD', 'SemCKD', 'ABF', 'hcl_loss', 'ReviewKD', 'hint_regressor', 'FitNet',
-           'class_activation_maps', 'CATKD', 'DKD', 'DIST', 'LSKD', 'PairReport', 'check_pair']
+           'method_hparams', 'spatial_taps', 'resolve_stages', 'last_three', 'NoDistillation', 'KD', 'DCT', 'AT', 'PKT',
+           'VIDRegressor', 'VID', 'ContrastMemory', 'nce_loss', 'CRD', 'SemCKD', 'ABF', 'hcl_loss', 'ReviewKD',
+           'hint_regressor', 'FitNet', 'class_activation_maps', 'CATKD', 'DKD', 'DIST', 'LSKD', 'PairReport',
+           'check_pair']
 
 # %% ../nbs/05_distillers.ipynb #cf223578
 import inspect
@@ -37,7 +38,7 @@ class Distiller(nn.Module):
 
     @classmethod
     def pair_status(cls,
-                    student_shapes:list,  # per-sample tap shapes (batch dim dropped): a0..a3, then a4
+                    student_shapes:list,  # per-sample tap shapes (batch dim dropped): the spatial stages, then the pooled vector
                     teacher_shapes:list,  # the teacher's, same number of taps
                     student_classes:int,  # outputs of the student's classifier
                     teacher_classes:int,  # outputs of the teacher's classifier
@@ -183,8 +184,34 @@ def method_hparams(name:str,          # a method from `names()`
     return out
 
 def _default(cls, arg):
-    "The default of keyword `arg` of `cls.__init__` (a method's stages, for `pair_status`)."
+    "The default of keyword `arg` of `cls.__init__`."
     return inspect.signature(cls.__init__).parameters[arg].default
+
+def spatial_taps(student_shapes:list,      # per-sample tap shapes (batch dim dropped)
+                 teacher_shapes:list=None, # the teacher's, or None to look at the student's alone
+                ) -> tuple:
+    "Indices of the taps that are spatial maps (C, H, W) in the student (and the teacher): where a method's stages come from."
+    return tuple(i for i, s in enumerate(student_shapes)
+                 if len(s) == 3 and (teacher_shapes is None or (i < len(teacher_shapes) and len(teacher_shapes[i]) == 3)))
+
+def resolve_stages(stages,                # the indices a user gave, or None for the method's default
+                   student_shapes:list,    # per-sample tap shapes
+                   teacher_shapes:list,    # the teacher's (None: check the student's alone)
+                   default=None,           # the method's rule: spatial tap indices -> its stages (None: all of them)
+                   who:str='',             # the method, for messages
+                  ) -> tuple:
+    "A method's stage indices: `stages` as given or the method's `default` rule over the spatial taps; each must be a spatial tap."
+    sp = spatial_taps(student_shapes, teacher_shapes)
+    out = tuple(sp if default is None else default(sp)) if stages is None else tuple(int(i) for i in stages)
+    bad = [i for i in out if i not in sp]
+    if bad or not out:
+        raise ValueError(f"{who}: stages {list(out)} must be spatial taps (C, H, W) of {'both networks' if teacher_shapes is not None else 'the network'}; "
+                         f"those are {list(sp)} (the last tap is the pooled vector)")
+    return out
+
+def last_three(sp:tuple) -> tuple:
+    "The last three spatial taps: a1–a3 on the torchvision nets (the original's feats[1:-1]), a0–a2 on the CIFAR nets."
+    return tuple(sp[-3:])
 
 def _spatial_pairs(student_shapes, teacher_shapes, stages):
     "(student, teacher) shapes of the spatial (C, H, W) taps among `stages`."
@@ -214,18 +241,19 @@ class KD(Distiller):
 
 @register
 class DCT(Distiller):
-    "The DCT-driven attention loss on the four spatial stages, with the prediction guide."
+    "The DCT-driven attention loss on every spatial stage (four on torchvision nets, three on CIFAR nets), with the prediction guide."
     name, title, order, alpha = 'dct', 'DCT (Ours)', 80, 1.0
     in_paper = True
     recipes = {'faithful': {'transform': 'fft-abs'}}   # the published tables: |Re FFT2| with max normalisation
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
-        pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
+        pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, who='dct'))
         return 'as is' if _same_hw(pairs) else "needs pooling (pool=True: the larger map is average-pooled)"
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, transform='dct', pred_guide=True, pool=False,
-                 stages=(0, 1, 2, 3), **kw):
+                 stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-        self.transform, self.pred_guide, self.pool, self.stages = transform, pred_guide, pool, tuple(stages)
+        self.transform, self.pred_guide, self.pool = transform, pred_guide, pool
+        self.stages = resolve_stages(stages, student_shapes, teacher_shapes, who='dct')   # None: every spatial tap
         for i in self.stages:
             if not pool and student_shapes[i][1:] != teacher_shapes[i][1:]:
                 raise ValueError(f"dct: stage {i} is {student_shapes[i]} for the student and {teacher_shapes[i]} for the "
@@ -237,17 +265,17 @@ class DCT(Distiller):
 
 @register
 class AT(Distiller):
-    "Attention transfer on the four spatial stages; variant 'code' (the original's) or 'paper'."
+    "Attention transfer on every spatial stage (four on torchvision nets, three on CIFAR nets); variant 'code' (the original's) or 'paper'."
     name, title, order, alpha = 'at', 'AT', 10, 1000.0
     in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
-        pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
+        pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, who='at'))
         return 'as is' + ('' if _same_hw(pairs) else ' (the larger map is average-pooled, built in)')
-    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, variant='code', stages=(0, 1, 2, 3), **kw):
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, variant='code', stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if variant not in ('code', 'paper'): raise ValueError(f"at: variant must be 'code' or 'paper', got {variant!r}")
-        self.variant, self.stages = variant, tuple(stages)
+        self.variant, self.stages = variant, resolve_stages(stages, student_shapes, teacher_shapes, who='at')   # None: every spatial tap
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         return at_loss([s_feats[i] for i in self.stages], [t_feats[i] for i in self.stages], self.variant)
 
@@ -280,17 +308,17 @@ class VIDRegressor(nn.Module):
 
 @register
 class VID(Distiller):
-    "Variational information distillation on stages a1–a3 (option: all four)."
+    "Variational information distillation on the last three spatial stages (a1–a3 on torchvision nets, a0–a2 on CIFAR nets)."
     name, title, order, alpha = 'vid', 'VID', 30, 1.0
     in_paper = True
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
-        pairs = _spatial_pairs(student_shapes, teacher_shapes, _default(cls, 'stages'))
+        pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, last_three, 'vid'))
         if _same_c(pairs) and _same_hw(pairs): return 'as is'
         return 'needs adapters (1×1 regressors, built in)' + ('' if _same_hw(pairs) else ' and pooling (built in)')
-    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stages=(1, 2, 3), **kw):
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-        self.stages = tuple(stages)
+        self.stages = resolve_stages(stages, student_shapes, teacher_shapes, last_three, 'vid')   # None: the last three spatial taps
         self.regressors = nn.ModuleList(VIDRegressor(student_shapes[i][0], teacher_shapes[i][0]) for i in self.stages)
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
         return sum(r(s_feats[i], t_feats[i].detach()) for r, i in zip(self.regressors, self.stages))
@@ -415,7 +443,7 @@ def _semckd_regressor(s_ch, t_ch):
 
 @register
 class SemCKD(Distiller):
-    "Semantic calibration for cross-layer KD on stages a1–a3 of both networks."
+    "Semantic calibration for cross-layer KD on the last three spatial stages of both networks (a1–a3; a0–a2 on CIFAR nets)."
     name, title, order, alpha = 'semckd', 'CKD', 50, 400.0
     in_paper = True
     recipes = {'faithful': {'bn_eval_after_first_epoch': True, 'skip_partial': True}}   # the original's BN and partial batches
@@ -423,9 +451,11 @@ class SemCKD(Distiller):
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (its regressors and pooling are built in)'
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, batch_size=128, factor=4,
-                 s_stages=(1, 2, 3), t_stages=(1, 2, 3), bn_eval_after_first_epoch=False, skip_partial=False, **kw):
+                 s_stages=None, t_stages=None, bn_eval_after_first_epoch=False, skip_partial=False, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-        self.batch_size, self.s_stages, self.t_stages = batch_size, tuple(s_stages), tuple(t_stages)
+        self.batch_size = batch_size                                    # None: the last three spatial taps of each network
+        self.s_stages = resolve_stages(s_stages, student_shapes, None, last_three, 'semckd (student)')
+        self.t_stages = resolve_stages(t_stages, teacher_shapes, None, last_three, 'semckd (teacher)')
         self.bn_eval_after_first_epoch, self.skip_partial = bool(bn_eval_after_first_epoch), bool(skip_partial)
         self.bn_frozen, self.full_batch = False, 0     # set by start_epoch; the largest training batch seen
         dim = max(2, batch_size // factor)      # a 1-d embedding would normalise to ±1 and learn nothing
@@ -576,18 +606,25 @@ def hint_regressor(s_shape, # the student's guided stage (C, H, W)
 
 @register
 class FitNet(Distiller):
-    "FitNet's hint: mean (r(F_S) - F_T)² at a2, r a conv + BN + ReLU regressor; `hint_epochs` for the paper's two stages."
+    "FitNet's hint: mean (r(F_S) - F_T)² at the middle spatial stage (a2; a1 on CIFAR nets), r a conv + BN + ReLU regressor; `hint_epochs` for the paper's two stages."
     name, title, order, alpha = 'fitnet', 'FitNet', 62, 100.0
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
-        s, t = student_shapes[_default(cls, 's_stage')], teacher_shapes[_default(cls, 't_stage')]
-        with torch.device('meta'): conv = _hint_conv(tuple(s), tuple(t))   # sizes only
-        if isinstance(conv, str): return f"cannot at a2: {conv} (choose s_stage=, t_stage=)"
+        i, j = cls._stages(None, None, student_shapes, teacher_shapes)
+        with torch.device('meta'): conv = _hint_conv(tuple(student_shapes[i]), tuple(teacher_shapes[j]))   # sizes only
+        if isinstance(conv, str): return f"cannot at a{i}: {conv} (choose s_stage=, t_stage=)"
         k = 'a 1×1 conv' if conv.kernel_size == (1, 1) else f'a {"×".join(map(str, conv.kernel_size))} {type(conv).__name__}'
-        return f"as is (its regressor, {k} + BN + ReLU, built in, maps a2 to the teacher's)"
-    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, s_stage=2, t_stage=2, hint_epochs=0, **kw):
+        return f"as is (its regressor, {k} + BN + ReLU, built in, maps a{i} to the teacher's a{j})"
+    @staticmethod
+    def _stages(s_stage, t_stage, student_shapes, teacher_shapes):
+        "The guided and hint stages: as given, or each network's middle spatial tap (a2 of four, a1 of three)."
+        middle = lambda sp: sp[len(sp) // 2:len(sp) // 2 + 1]
+        return (resolve_stages(None if s_stage is None else [s_stage], student_shapes, None, middle, 'fitnet (student)')[0],
+                resolve_stages(None if t_stage is None else [t_stage], teacher_shapes, None, middle, 'fitnet (teacher)')[0])
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, s_stage=None, t_stage=None, hint_epochs=0, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-        self.s_stage, self.t_stage, self.hint_epochs = int(s_stage), int(t_stage), int(hint_epochs)
+        self.s_stage, self.t_stage = self._stages(s_stage, t_stage, student_shapes, teacher_shapes)   # None: the middle spatial tap
+        self.hint_epochs = int(hint_epochs)
         self.regressor = hint_regressor(student_shapes[self.s_stage], teacher_shapes[self.t_stage])
         self.configured = (self.alpha, self.beta, self.delta)  # the two-stage variant switches between them
     def start_epoch(self, epoch, epochs):
@@ -610,25 +647,26 @@ def class_activation_maps(feats:torch.Tensor,  # (B, C, H, W), the classifier's 
 
 @register
 class CATKD(Distiller):
-    "CAT-KD: mean (φ(W_S F_S)/‖·‖₂ - φ(W_T F_T)/‖·‖₂)², CAMs of a3 through each network's own classifier, φ = 2×2 average pooling."
+    "CAT-KD: mean (φ(W_S F_S)/‖·‖₂ - φ(W_T F_T)/‖·‖₂)², CAMs of the last spatial stage (a3; a2 on CIFAR nets) through each network's own classifier, φ = 2×2 average pooling."
     name, title, order, alpha = 'catkd', 'CAT-KD', 64, 10.0
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         if student_classes != teacher_classes: return f"cannot: student has {student_classes} classes, teacher {teacher_classes}"
-        i = _default(cls, 'stage')
+        i = resolve_stages(None, student_shapes, teacher_shapes, lambda sp: sp[-1:], 'catkd')[0]
         if (1, 1) in (tuple(student_shapes[i][1:]), tuple(teacher_shapes[i][1:])):
-            return "as is, but a3 is 1×1 here: a normalised 1×1 CAM is constant and gives no gradient (larger input or normalize=False)"
+            return f"as is, but a{i} is 1×1 here: a normalised 1×1 CAM is constant and gives no gradient (larger input or normalize=False)"
         return "as is (each network's CAMs through its own classifier, pooled: any widths and map sizes)"
     @classmethod
     def from_models(cls, student, teacher):
         return {'student_head': _head(student.model)[2], **({'teacher_head': _head(teacher.model)[2]} if teacher is not None else {})}
-    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, cam_size=2, normalize=True, stage=3,
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, cam_size=2, normalize=True, stage=None,
                  student_head=None, teacher_head=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if student_head is None or teacher_head is None:
             raise ValueError("catkd needs both classifiers: build it from the networks (build('catkd', student, teacher, ...)) "
                              "or pass student_head= and teacher_head= (their nn.Linear)")
-        self.cam_size, self.normalize, self.stage = int(cam_size), bool(normalize), int(stage)
+        self.cam_size, self.normalize = int(cam_size), bool(normalize)
+        self.stage = resolve_stages(None if stage is None else [stage], student_shapes, teacher_shapes, lambda sp: sp[-1:], 'catkd')[0]   # None: the last spatial tap
         for who, head, shapes in (('student', student_head, student_shapes), ('teacher', teacher_head, teacher_shapes)):
             if head.weight.shape[1] != shapes[self.stage][0]:
                 raise ValueError(f"catkd: the {who}'s classifier takes {head.weight.shape[1]} channels but its stage "
