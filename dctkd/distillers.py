@@ -565,7 +565,7 @@ class ReviewKD(Distiller):
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         same_hw = _same_hw(_spatial_pairs(student_shapes, teacher_shapes, range(len(student_shapes))))
-        return ("as is (its ABF fusion, built in, maps every tap a0–a4 to the teacher's channels"
+        return (f"as is (its ABF fusion, built in, maps every tap a0–a{len(student_shapes) - 1} to the teacher's channels"
                 + ('' if same_hw else " and resizes it, nearest, to the teacher's map size") + ')')
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, mid_channel=256, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
