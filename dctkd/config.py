@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields',
-           'make_config', 'parse_overrides', 'check_name', 'check_config', 'given_keys', 'check_device',
-           'resume_config', 'dataset_dir', 'first_per_class', 'open_split', 'method_hparams', 'check_params']
+           'make_config', 'parse_overrides', 'check_name', 'check_config', 'given_keys', 'resume_config', 'dataset_dir',
+           'first_per_class', 'open_split', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
 import ast
@@ -22,7 +22,7 @@ from . import distillers
 
 from .data.cache import CachedDataset
 from .data.datasets import get_dataset
-from .data.toy import make_toy_scenes
+from .data.toy import TOY_SCENES, make_toy_scenes
 
 # %% ../nbs/11_config.ipynb #812ab969
 @dataclass
@@ -44,6 +44,7 @@ class TrainConfig:
     arch: str = 'resnet18'        # student (or teacher being trained) architecture
     pretrained: str = ''          # '', 'imagenet' or a checkpoint path
     teacher: str = ''             # teacher run folder or checkpoint ('' for none)
+    taps: list = field(default_factory=list)  # the student's feature taps (module names, 'name:in' for an input), e.g. ["features.denseblock1", ...]; []: the architecture's defaults
     # method
     method: str = 'none'          # a name from dctkd.distillers.names()
     alpha: float = -1.0           # method weight; -1: the method's default
@@ -83,7 +84,7 @@ _TRUE, _FALSE = {'true', '1', 'yes', 'on'}, {'false', '0', 'no', 'off'}
 
 def _convert(key, value, typ):
     "Convert `value` to the field type `typ`, or raise a ValueError naming `key`."
-    typ = {'str': str, 'int': int, 'float': float, 'bool': bool, 'dict': dict}.get(typ, typ) if isinstance(typ, str) else typ
+    typ = {'str': str, 'int': int, 'float': float, 'bool': bool, 'dict': dict, 'list': list}.get(typ, typ) if isinstance(typ, str) else typ
     try:
         if typ is bool:
             if isinstance(value, bool): return value
@@ -104,9 +105,15 @@ def _convert(key, value, typ):
         if typ is str:
             if not isinstance(value, (str, Path)): raise ValueError
             return str(value)
+        if typ is list:                       # a JSON list, or comma-separated names: taps=layer1,layer2
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith('[') else [v.strip() for v in value.split(',') if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value): raise ValueError
+            return list(value)
     except (ValueError, TypeError, json.JSONDecodeError): pass
     raise ValueError(f"config {key}={value!r}: expected {typ.__name__}" + (" (true/false)" if typ is bool else "")
-                     + (" as JSON, e.g. '{\"transform\": \"fft-abs\"}'" if typ is dict else ""))
+                     + (" as JSON, e.g. '{\"transform\": \"fft-abs\"}'" if typ is dict else "")
+                     + (" of names: a JSON list or comma-separated, e.g. 'layer1,layer2,layer3,layer4,fc:in'" if typ is list else ""))
 
 def make_config(preset:str=None, # a name from PRESETS, or None for the defaults
                 **overrides,     # field=value; strings are converted by the field's type
@@ -205,22 +212,6 @@ def given_keys(preset:str=None, # a name from PRESETS, or None
     return {**(PRESETS[preset] if preset else {}), **overrides}
 
 
-# %% ../nbs/11_config.ipynb #7c6f8802
-def check_device(device:str) -> str:
-    "`device` (a config's) when this machine has it ('' : cuda when available, else cpu); else a ValueError naming the key and value."
-    if not device: return device
-    try: dev = torch.device(device)
-    except (RuntimeError, ValueError): raise ValueError(f"config device={device!r}: not a device name; use '', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f"config device={device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); "
-                             "use device=cpu, or leave device empty to pick cuda when available")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"config device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
-    elif dev.type != 'cpu' and not (dev.type == 'mps' and torch.backends.mps.is_available()):
-        raise ValueError(f"config device={device!r}: not available here; use '', 'cpu' or 'cuda'")
-    return device
-
 # %% ../nbs/11_config.ipynb #3995e783
 RESUMABLE = ('epochs', 'lr_step', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard')
 
@@ -270,8 +261,7 @@ def open_split(cfg,                 # a `TrainConfig` or its dict (a run's confi
     if name == 'toy':                                   # toy scenes are written in MIT67's official layout
         r = Path(root)
         if generate and (not r.exists() or not any(r.iterdir())):
-            make_toy_scenes(r, layout='mit67', n_classes=4, n_per_class=60, size=max(64, c['image_size'] + c['image_size'] // 7),
-                            seed=0, progress=progress)
+            make_toy_scenes(r, **TOY_SCENES, size=max(64, c['image_size'] + c['image_size'] // 7), progress=progress)
         name = 'mit67'
     cache = c.get('cache', False) if cache is None else cache
     n = c.get('train_per_class', 0) if split == 'train' else 0

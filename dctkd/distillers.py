@@ -7,7 +7,7 @@ __all__ = ['PLUS_KD_ORDER', 'PLUS_KD', 'Distiller', 'register', 'unregister', 'n
            'method_hparams', 'spatial_taps', 'resolve_stages', 'last_three', 'NoDistillation', 'KD', 'DCT', 'AT', 'PKT',
            'VIDRegressor', 'VID', 'ContrastMemory', 'nce_loss', 'CRD', 'SemCKD', 'ABF', 'hcl_loss', 'ReviewKD',
            'hint_regressor', 'FitNet', 'class_activation_maps', 'CATKD', 'DKD', 'DIST', 'LSKD', 'PairReport',
-           'check_pair']
+           'check_pair', 'SP', 'RKD', 'NST', 'CC', 'KDSVD', 'OFD', 'FSP', 'Paraphraser', 'FT', 'AB']
 
 # %% ../nbs/05_distillers.ipynb #cf223578
 import inspect
@@ -45,6 +45,14 @@ class Distiller(nn.Module):
                    ) -> str:
         "How the method runs on a student/teacher pair: 'as is', 'needs ...' or 'cannot: ...'."
         return f"unknown ({cls.__name__} declares no pair_status)"
+
+    @classmethod
+    def default_stages(cls,
+                       student_shapes:list,  # per-sample tap shapes
+                       teacher_shapes:list,  # the teacher's
+                      ) -> dict:
+        "The stage hyper-parameters the method sets itself when they are None (e.g. {'stages': (0, 1, 2)}), resolved on this pair."
+        return {}
 
     @classmethod
     def from_models(cls,
@@ -249,6 +257,8 @@ class DCT(Distiller):
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, who='dct'))
         return 'as is' if _same_hw(pairs) else "needs pooling (pool=True: the larger map is average-pooled)"
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes): return {'stages': resolve_stages(None, student_shapes, teacher_shapes, who='dct')}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, transform='dct', pred_guide=True, pool=False,
                  stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
@@ -272,6 +282,8 @@ class AT(Distiller):
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, who='at'))
         return 'as is' + ('' if _same_hw(pairs) else ' (the larger map is average-pooled, built in)')
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes): return {'stages': resolve_stages(None, student_shapes, teacher_shapes, who='at')}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, variant='code', stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if variant not in ('code', 'paper'): raise ValueError(f"at: variant must be 'code' or 'paper', got {variant!r}")
@@ -316,6 +328,9 @@ class VID(Distiller):
         pairs = _spatial_pairs(student_shapes, teacher_shapes, resolve_stages(None, student_shapes, teacher_shapes, last_three, 'vid'))
         if _same_c(pairs) and _same_hw(pairs): return 'as is'
         return 'needs adapters (1×1 regressors, built in)' + ('' if _same_hw(pairs) else ' and pooling (built in)')
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes):
+        return {'stages': resolve_stages(None, student_shapes, teacher_shapes, last_three, 'vid')}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stages=None, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         self.stages = resolve_stages(stages, student_shapes, teacher_shapes, last_three, 'vid')   # None: the last three spatial taps
@@ -450,6 +465,10 @@ class SemCKD(Distiller):
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         return 'as is (its regressors and pooling are built in)'
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes):
+        return {'s_stages': resolve_stages(None, student_shapes, None, last_three, 'semckd (student)'),
+                't_stages': resolve_stages(None, teacher_shapes, None, last_three, 'semckd (teacher)')}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, batch_size=128, factor=4,
                  s_stages=None, t_stages=None, bn_eval_after_first_epoch=False, skip_partial=False, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
@@ -615,6 +634,9 @@ class FitNet(Distiller):
         if isinstance(conv, str): return f"cannot at a{i}: {conv} (choose s_stage=, t_stage=)"
         k = 'a 1×1 conv' if conv.kernel_size == (1, 1) else f'a {"×".join(map(str, conv.kernel_size))} {type(conv).__name__}'
         return f"as is (its regressor, {k} + BN + ReLU, built in, maps a{i} to the teacher's a{j})"
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes):
+        return dict(zip(('s_stage', 't_stage'), cls._stages(None, None, student_shapes, teacher_shapes)))
     @staticmethod
     def _stages(s_stage, t_stage, student_shapes, teacher_shapes):
         "The guided and hint stages: as given, or each network's middle spatial tap (a2 of four, a1 of three)."
@@ -656,6 +678,9 @@ class CATKD(Distiller):
         if (1, 1) in (tuple(student_shapes[i][1:]), tuple(teacher_shapes[i][1:])):
             return f"as is, but a{i} is 1×1 here: a normalised 1×1 CAM is constant and gives no gradient (larger input or normalize=False)"
         return "as is (each network's CAMs through its own classifier, pooled: any widths and map sizes)"
+    @classmethod
+    def default_stages(cls, student_shapes, teacher_shapes):
+        return {'stage': resolve_stages(None, student_shapes, teacher_shapes, lambda sp: sp[-1:], 'catkd')[0]}
     @classmethod
     def from_models(cls, student, teacher):
         return {'student_head': _head(student.model)[2], **({'teacher_head': _head(teacher.model)[2]} if teacher is not None else {})}
@@ -762,3 +787,292 @@ def check_pair(student:TappedModel, # the student (a FrozenTeacher is unwrapped 
     nc_s, nc_t = num_classes_of(student), num_classes_of(teacher)
     ordered = sorted(_REGISTRY.values(), key=lambda c: c.order)
     return PairReport(stages, {c.name: c.pair_status(s_shapes, t_shapes, nc_s, nc_t) for c in ordered})
+
+# %% ../nbs/05_distillers.ipynb #be2e6d0b
+import warnings
+
+from .losses import ab_loss, cc_loss, fsp_loss, ft_loss, kdsvd_loss, nst_loss, ofd_loss, ofd_margin, rkd_loss, sp_loss
+from .models import preact_taps, tap_norms
+
+# %% ../nbs/05_distillers.ipynb #bb592e5d
+def _spatial_taps(student_shapes, teacher_shapes, stages=None):
+    "The taps a feature method uses: `stages` as given, or every tap that is a (C, H, W) map in both networks."
+    if stages is not None: return tuple(int(i) for i in stages)
+    return tuple(i for i, (s, t) in enumerate(zip(student_shapes, teacher_shapes)) if len(s) == 3 and len(t) == 3)
+
+def _no_spatial(cls, student_shapes, teacher_shapes):
+    "A 'cannot' for `pair_status` when the pair has no spatial tap in common, else None."
+    return None if _spatial_taps(student_shapes, teacher_shapes) else f"cannot: {cls.name} needs (C, H, W) taps in both networks"
+
+def _channel_mismatch(student_shapes, teacher_shapes, stages):
+    "The first tap among `stages` whose student and teacher channels differ, as a message, or None."
+    for i in stages:
+        if student_shapes[i][0] != teacher_shapes[i][0]:
+            return f"tap {i} has {student_shapes[i][0]} student and {teacher_shapes[i][0]} teacher channels"
+    return None
+
+# %% ../nbs/05_distillers.ipynb #cd8a0dc3
+@register
+class SP(Distiller):
+    "Similarity-preserving KD on the last spatial map (RepDistiller: β = 3000)."
+    name, title, order, alpha = 'sp', 'SP', 73, 3000.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        return _no_spatial(cls, student_shapes, teacher_shapes) or 'as is (B×B similarities of the last spatial map: any widths and sizes)'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stage=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.stage = _spatial_taps(student_shapes, teacher_shapes)[-1] if stage is None else int(stage)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index): return sp_loss(s_feats[self.stage], t_feats[self.stage])
+
+@register
+class RKD(Distiller):
+    "Relational KD on the pooled vectors: 25·distance + 50·angle (Huber), weight 1."
+    name, title, order, alpha = 'rkd', 'RKD', 75, 1.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        return 'as is (distances and angles of the pooled vectors: any widths)'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, w_d=25., w_a=50., **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.w_d, self.w_a = float(w_d), float(w_a)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index): return rkd_loss(s_feats[-1], t_feats[-1], self.w_d, self.w_a)
+
+@register
+class NST(Distiller):
+    "Neuron selectivity transfer: polynomial-kernel MMD of the channel maps, summed over every spatial tap (weight 50)."
+    name, title, order, alpha = 'nst', 'NST', 79, 50.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        if msg := _no_spatial(cls, student_shapes, teacher_shapes): return msg
+        pairs = _spatial_pairs(student_shapes, teacher_shapes, _spatial_taps(student_shapes, teacher_shapes))
+        return 'as is' + ('' if _same_hw(pairs) else ' (the larger map is average-pooled, built in)')
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stages=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.stages = _spatial_taps(student_shapes, teacher_shapes, stages)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        return sum(nst_loss(s_feats[i], t_feats[i]) for i in self.stages)
+
+# %% ../nbs/05_distillers.ipynb #b74c0652
+@register
+class CC(Distiller):
+    "Correlation congruence on 128-d linear embeddings of the pooled vectors (both trained), weight 0.02."
+    name, title, order, alpha = 'cc', 'CC', 74, 0.02
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        return 'as is (own linear embeddings of the pooled vectors)'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, feat_dim=128, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.embed_s = nn.Linear(math.prod(student_shapes[-1]), feat_dim)
+        self.embed_t = nn.Linear(math.prod(teacher_shapes[-1]), feat_dim)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        dt = self.embed_s.weight.dtype
+        return cc_loss(self.embed_s(s_feats[-1].flatten(1).to(dt)), self.embed_t(t_feats[-1].detach().flatten(1).to(dt)))
+
+# %% ../nbs/05_distillers.ipynb #26b06866
+@register
+class KDSVD(Distiller):
+    "KD-SVD: Gaussian-kernel relations of the aligned singular vectors of consecutive spatial taps, weight 1, k = 1."
+    name, title, order, alpha = 'kdsvd', 'KD-SVD', 71, 1.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        if msg := _no_spatial(cls, student_shapes, teacher_shapes): return msg
+        bad = _channel_mismatch(student_shapes, teacher_shapes, _spatial_taps(student_shapes, teacher_shapes))
+        return f"cannot: {bad} (KD-SVD aligns singular vectors channel by channel)" if bad else 'as is'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, k=1, layout='repdistiller', stages=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        if layout not in ('repdistiller', 'mdistiller'): raise ValueError(f"kdsvd: layout is 'repdistiller' or 'mdistiller', got {layout!r}")
+        self.k, self.layout, self.stages = int(k), layout, _spatial_taps(student_shapes, teacher_shapes, stages)
+        dim = 2 if layout == 'mdistiller' else 0                  # what the singular vectors run over: W or C
+        bad = [i for i in self.stages if student_shapes[i][dim] != teacher_shapes[i][dim]]
+        if bad: raise ValueError(f"kdsvd: tap {bad[0]} is {student_shapes[bad[0]]} for the student and {teacher_shapes[bad[0]]} for "
+                                 f"the teacher; KD-SVD needs equal {'widths' if dim else 'channels'} (choose stages= or another pair)")
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        return kdsvd_loss([s_feats[i] for i in self.stages], [t_feats[i] for i in self.stages], self.k, self.layout)
+    def extra_repr(self): return super().extra_repr() + f", k={self.k}, layout={self.layout!r}"
+
+# %% ../nbs/05_distillers.ipynb #b39ae313
+def _to_preact(name, student, teacher):
+    "Switch both networks to pre-activation taps (`record_preact`); warn naming the taps that have no pre-activation to give."
+    for who, net in (('student', student), ('teacher', teacher)):
+        if net is None: continue
+        net.record_preact()
+        flat = [t for t, ok in zip(net.taps, preact_taps(net)) if not ok and not t.endswith(':in')]
+        if flat: warnings.warn(f"{name}: the {who}'s taps {flat} ({net.arch}) do not end with an activation module, so they give their "
+                               "outputs as they are: right for a linear bottleneck; a block ending in F.relu gives its post-ReLU map")
+
+# %% ../nbs/05_distillers.ipynb #12704b51
+def _conv_bn(s_ch, t_ch):
+    "OFD's connector: a bias-free 1×1 conv to the teacher's channels (normal, std √(2/C_t)) and a BN (1, 0)."
+    conv = nn.Conv2d(s_ch, t_ch, 1, bias=False)
+    nn.init.normal_(conv.weight, 0., math.sqrt(2. / t_ch))
+    return nn.Sequential(conv, nn.BatchNorm2d(t_ch))
+
+@register
+class OFD(Distiller):
+    "OFD: a partial L2 between connector(student pre-ReLU) and the teacher's pre-ReLU maps, margins from the teacher's BN; weight 0.001."
+    name, title, order, alpha = 'ofd', 'OFD', 69, 0.001
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        return (_no_spatial(cls, student_shapes, teacher_shapes) or
+                "as is (1×1 conv + BN connectors built in; the teacher's map pooled to the student's; margins from the teacher's BN)")
+    @classmethod
+    def from_models(cls, student, teacher):
+        "Switches both networks to pre-activation taps and reads the margins from the teacher's BN before each tap."
+        _to_preact(cls.name, student, teacher)
+        if teacher is None: return {}
+        return {'margins': [None if bn is None else ofd_margin(bn.weight, bn.bias) for bn in tap_norms(teacher)]}
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, margins=None, stages=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.stages = _spatial_taps(student_shapes, teacher_shapes, stages)
+        if margins is None: raise ValueError("ofd needs the teacher's BN margins: build it from the networks (build('ofd', student, "
+                                             "teacher, ...)) or pass margins= (one (C,) tensor per tap, see ofd_margin)")
+        for i in self.stages:
+            if i >= len(margins) or margins[i] is None or len(margins[i]) != teacher_shapes[i][0]:
+                raise ValueError(f"ofd: tap {i} of the teacher has no BatchNorm of {teacher_shapes[i][0]} channels before it to take a "
+                                 "margin from; choose stages= among the taps that have one")
+            self.register_buffer(f'margin{i}', margins[i].detach().float().clone(), persistent=False)
+        self.connectors = nn.ModuleList(_conv_bn(student_shapes[i][0], teacher_shapes[i][0]) for i in self.stages)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        dt = self.connectors[0][0].weight.dtype
+        fs = [c(s_feats[i].to(dt)) for c, i in zip(self.connectors, self.stages)]
+        return ofd_loss(fs, [t_feats[i] for i in self.stages], [getattr(self, f'margin{i}') for i in self.stages])
+
+# %% ../nbs/05_distillers.ipynb #f30f0d29
+class _InitPhase(Distiller):
+    "A method with an initialisation phase: `init_weight`·`init_loss` alone for the first `init_epochs` epochs, then CE + α·`loss`."
+    recipes = {'faithful': {'init_bn_eval': True}}   # RepDistiller's init runs the student in eval mode
+    @classmethod
+    def from_models(cls, student, teacher):
+        "The student, held by reference for `init_bn_eval`."
+        return {'student': student}
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, init_epochs=30, init_weight=1.0, init_bn_eval=False,
+                 student=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        if int(init_epochs) != init_epochs or init_epochs < 0:
+            raise ValueError(f"{self.name}: init_epochs is a number of epochs ≥ 0, got {init_epochs!r}")
+        if init_bn_eval and student is None:
+            raise ValueError(f"{self.name}: init_bn_eval=True needs the student: build it from the networks (build({self.name!r}, "
+                             "student, teacher, ...)) or pass student=")
+        self.init_epochs, self.init_weight, self.init_bn_eval = int(init_epochs), float(init_weight), bool(init_bn_eval)
+        self.in_init, self._student, self._told = self.init_epochs > 0, (student,), False   # the student: referenced, not registered
+    def train(self, mode=True):
+        "As `nn.Module.train`; with `init_bn_eval`, during the phase the student's BatchNorm layers stay in eval mode (as RepDistiller's init)."
+        super().train(mode)
+        if mode and self.in_init and self.init_bn_eval:
+            for m in self._student[0].modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm): m.eval()
+        return self
+    def start_epoch(self, epoch, epochs):
+        "Epochs 0 … `init_epochs` - 1 are the initialisation phase; it shows in the log as zero `ce` (and `kd`)."
+        was, self.in_init = self.in_init, epoch < self.init_epochs
+        if self.init_epochs and (was != self.in_init or not self._told):       # the first epoch run (or resumed), and the switch
+            self._told = True
+            if not (torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank()):
+                print(f"{self.name}: " + (f"initialisation phase, epochs 1–{self.init_epochs}: the {self.name} term alone" if self.in_init
+                      else f"main phase from epoch {self.init_epochs + 1}"), flush=True)
+    def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        "The initialisation phase's (unweighted) objective."
+        raise NotImplementedError
+    def forward(self, student_out, teacher_out, targets, index=None):
+        "As `Distiller.forward`; in the initialisation phase {'ce': 0, <name>: init_weight·init_loss, 'kd': 0}."
+        if teacher_out is None or not self.in_init: return super().forward(student_out, teacher_out, targets, index)
+        zero = torch.zeros((), dtype=compute_dtype(student_out[0].dtype), device=student_out[0].device)
+        terms = {'ce': zero, self.name: self.init_weight * self.init_loss(*student_out, *teacher_out, targets, index)}
+        if self.with_kd: terms['kd'] = zero
+        return terms
+    def extra_repr(self):
+        return super().extra_repr() + f", init_epochs={self.init_epochs}, init_weight={self.init_weight:g}, init_bn_eval={self.init_bn_eval}"
+
+# %% ../nbs/05_distillers.ipynb #c025f005
+@register
+class FSP(_InitPhase):
+    "FSP: the student's FSP matrices of consecutive spatial taps trained onto the teacher's in an initialisation phase."
+    name, title, order, alpha = 'fsp', 'FSP', 78, 0.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        if msg := _no_spatial(cls, student_shapes, teacher_shapes): return msg
+        bad = _channel_mismatch(student_shapes, teacher_shapes, _spatial_taps(student_shapes, teacher_shapes))
+        return f"cannot: {bad} (FSP matrices need equal channels)" if bad else 'as is (consecutive maps pooled to the smaller, built in)'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stages=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.stages = _spatial_taps(student_shapes, teacher_shapes, stages)
+        if len(self.stages) < 2: raise ValueError(f"fsp needs two or more spatial taps for a flow between them, got {self.stages}")
+        if bad := _channel_mismatch(student_shapes, teacher_shapes, self.stages): raise ValueError(f"fsp: {bad}; FSP needs equal channels")
+    def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        return fsp_loss([s_feats[i] for i in self.stages], [t_feats[i] for i in self.stages])
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        if self.alpha == 0: return torch.zeros((), device=s_logits.device)          # the official main phase
+        return self.init_loss(s_logits, s_feats, t_logits, t_feats, targets, index)
+
+# %% ../nbs/05_distillers.ipynb #77fc5798
+def _ft_block(convs, chans, bn):
+    "Convs (or transposed convs) 3×3 between successive `chans`, each followed by BN (when `bn`) and LeakyReLU(0.1)."
+    layers = []
+    for a, b in zip(chans[:-1], chans[1:]):
+        layers += [convs(a, b, 3, 1, 1)] + ([nn.BatchNorm2d(b)] if bn else []) + [nn.LeakyReLU(0.1)]
+    return nn.Sequential(*layers)
+
+class Paraphraser(nn.Module):
+    "FT's paraphraser: an encoder of the teacher's map to k·C channels (the factor) and a decoder back; no BN."
+    def __init__(self, t_ch, rate=0.5):
+        super().__init__()
+        mid = int(t_ch * rate)
+        self.encoder = _ft_block(nn.Conv2d, [t_ch, t_ch, mid, mid], False)
+        self.decoder = _ft_block(nn.ConvTranspose2d, [mid, mid, t_ch, t_ch], False)
+    def forward(self, f): return self.decoder(self.encoder(f))
+
+@register
+class FT(_InitPhase):
+    "Factor transfer on the last spatial map: the paraphraser trained to reconstruct the teacher's map first, then 200·FT."
+    name, title, order, alpha = 'ft', 'FT', 77, 200.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        return _no_spatial(cls, student_shapes, teacher_shapes) or 'as is (paraphraser and translator built in; factors pooled to the smaller map)'
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, stage=None, rate=0.5, p1=2., p2=1., **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.stage = _spatial_taps(student_shapes, teacher_shapes)[-1] if stage is None else int(stage)
+        self.p1, self.p2 = float(p1), float(p2)
+        s_ch, t_ch = student_shapes[self.stage][0], teacher_shapes[self.stage][0]
+        self.paraphraser = Paraphraser(t_ch, rate)
+        mid = int(t_ch * rate)
+        self.translator = _ft_block(nn.Conv2d, [s_ch, s_ch, mid, mid], True)
+    def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        ft = t_feats[self.stage].detach().to(self.translator[0].weight.dtype)
+        return F.mse_loss(self.paraphraser(ft), ft)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        dt = self.translator[0].weight.dtype
+        with torch.no_grad(): factor_t = self.paraphraser.encoder(t_feats[self.stage].to(dt))
+        return ft_loss(self.translator(s_feats[self.stage].to(dt)), factor_t, self.p1, self.p2)
+
+# %% ../nbs/05_distillers.ipynb #b645a374
+def _ab_connector(s_shape, t_shape):
+    "AB's connector: identity where channels and height agree, else FitNet's conv (sized by the maps) + BN, no ReLU."
+    if tuple(s_shape[:2]) == tuple(t_shape[:2]): return nn.Identity()
+    conv = _hint_conv(tuple(s_shape), tuple(t_shape))
+    if isinstance(conv, str): raise ValueError(f"ab: {conv}; choose other stages (stages=)")
+    return nn.Sequential(conv, nn.BatchNorm2d(t_shape[0]))
+
+@register
+class AB(_InitPhase):
+    "Activation boundaries: the student's pre-activations (through connectors) pushed to the teacher's side of zero, in an initialisation phase."
+    name, title, order, alpha = 'ab', 'AB', 76, 0.0
+    @classmethod
+    def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
+        if msg := _no_spatial(cls, student_shapes, teacher_shapes): return msg
+        with torch.device('meta'):
+            for i in _spatial_taps(student_shapes, teacher_shapes):
+                if isinstance(c := _hint_conv(tuple(student_shapes[i]), tuple(teacher_shapes[i])), str): return f"cannot at tap {i}: {c}"
+        return 'as is (pre-activation taps; connectors built in where the shapes differ)'
+    @classmethod
+    def from_models(cls, student, teacher):
+        "Switches both networks to pre-activation taps (`TappedModel.record_preact`); holds the student for `init_bn_eval`."
+        _to_preact(cls.name, student, teacher)
+        return super().from_models(student, teacher)
+    def __init__(self, student_shapes, teacher_shapes, num_train=None, *, margin=1.0, stages=None, **kw):
+        super().__init__(student_shapes, teacher_shapes, num_train, **kw)
+        self.margin, self.stages = float(margin), _spatial_taps(student_shapes, teacher_shapes, stages)
+        self.connectors = nn.ModuleList(_ab_connector(student_shapes[i], teacher_shapes[i]) for i in self.stages)
+    def init_loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        return ab_loss([c(s_feats[i]) for c, i in zip(self.connectors, self.stages)], [t_feats[i] for i in self.stages], self.margin)
+    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+        if self.alpha == 0: return torch.zeros((), device=s_logits.device)          # the official main phase
+        return self.init_loss(s_logits, s_feats, t_logits, t_feats, targets, index)

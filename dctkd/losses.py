@@ -4,7 +4,9 @@
 
 # %% auto #0
 __all__ = ['VARIANTS', 'attention_spectrum', 'dct_stage_distances', 'prediction_guide', 'dct_loss', 'DCTLoss', 'kd_loss',
-           'at_vector', 'at_loss', 'pkt_loss', 'dkd_loss', 'dist_loss', 'ls_kd_loss']
+           'at_vector', 'at_loss', 'pkt_loss', 'dkd_loss', 'dist_loss', 'ls_kd_loss', 'sp_loss', 'rkd_loss', 'nst_loss',
+           'cc_loss', 'fsp_matrices', 'fsp_loss', 'ft_factor', 'ft_loss', 'ab_loss', 'ofd_margin', 'ofd_loss',
+           'kdsvd_loss']
 
 # %% ../nbs/02_losses.ipynb #041f230f
 from collections.abc import Sequence
@@ -261,3 +263,180 @@ def ls_kd_loss(student_logits:torch.Tensor, # (B, classes)
     _same_logits('ls_kd_loss', student_logits, teacher_logits)
     dt = compute_dtype(student_logits.dtype)
     return kd_loss(_zscore(student_logits.to(dt)), _zscore(teacher_logits.detach().to(dt)), T)
+
+# %% ../nbs/02_losses.ipynb #e7352bcc
+def sp_loss(f_s:torch.Tensor, # student features (B, ...), flattened per sample
+            f_t:torch.Tensor, # teacher features (B, ...), any width
+           ) -> torch.Tensor:
+    "SP: ‖rownorm(F_T F_Tᵀ) - rownorm(F_S F_Sᵀ)‖²_F / B², F the features flattened per sample."
+    dt = compute_dtype(f_s.dtype)
+    B = f_s.shape[0]
+    qs, qt = f_s.reshape(B, -1).to(dt), f_t.detach().reshape(B, -1).to(dt)
+    gs, gt = F.normalize(qs @ qs.T, dim=1), F.normalize(qt @ qt.T, dim=1)
+    return (gt - gs).square().sum() / B ** 2
+
+# %% ../nbs/02_losses.ipynb #b76cb283
+def _pdist(e, eps=1e-12):
+    "Pairwise Euclidean distances (B, B) with a zero diagonal; the squared distances clamped at `eps` (RKD's)."
+    sq = e.square().sum(1)
+    d = (sq[:, None] + sq[None, :] - 2 * e @ e.T).clamp(min=eps).sqrt()
+    return d * (1 - torch.eye(len(e), dtype=d.dtype, device=d.device))
+
+def _rkd_angles(e):
+    "Cosines ⟨e_ij, e_ik⟩ of the unit difference vectors e_ij = (e_j - e_i)/‖·‖, all B³ triplets flattened."
+    u = F.normalize(e[None, :, :] - e[:, None, :], dim=2)
+    return torch.bmm(u, u.transpose(1, 2)).flatten()
+
+def rkd_loss(f_s:torch.Tensor, # student vectors (B, ...), flattened per sample
+             f_t:torch.Tensor, # teacher vectors (B, ...), any width
+             w_d:float=25.,    # weight of the distance-wise term
+             w_a:float=50.,    # weight of the angle-wise term
+            ) -> torch.Tensor:
+    "RKD: w_d·Huber(ψ_D^S, ψ_D^T) + w_a·Huber(ψ_A^S, ψ_A^T); distances over their batch mean, angles over all triplets."
+    dt = compute_dtype(f_s.dtype)
+    s, t = f_s.reshape(len(f_s), -1).to(dt), f_t.detach().reshape(len(f_t), -1).to(dt)
+    ds, dtt = _pdist(s), _pdist(t)
+    ds, dtt = ds / ds[ds > 0].mean(), dtt / dtt[dtt > 0].mean()
+    return w_d * F.smooth_l1_loss(ds, dtt) + w_a * F.smooth_l1_loss(_rkd_angles(s), _rkd_angles(t))
+
+# %% ../nbs/02_losses.ipynb #85213334
+def nst_loss(f_s:torch.Tensor, # student features (B, C_s, H, W)
+             f_t:torch.Tensor, # teacher features (B, C_t, H', W'); the larger map is average-pooled to the smaller
+            ) -> torch.Tensor:
+    "NST: squared MMD, polynomial kernel (xᵀy)², between the spatially L2-normalised channel maps of student and teacher."
+    dt = compute_dtype(f_s.dtype)
+    fs, ft = _pool_to_common(f_s.to(dt), f_t.detach().to(dt))
+    fs, ft = F.normalize(fs.flatten(2), dim=2), F.normalize(ft.flatten(2), dim=2)
+    k = lambda a, b: (a @ b.transpose(1, 2)).square().mean()
+    return k(ft, ft) + k(fs, fs) - 2 * k(fs, ft)
+
+# %% ../nbs/02_losses.ipynb #99aa3334
+def cc_loss(e_s:torch.Tensor, # student embeddings (B, D)
+            e_t:torch.Tensor, # teacher embeddings (B, D), same D (CC's embeddings make them so)
+           ) -> torch.Tensor:
+    "CC as its official code: the mean over consecutive samples i of ⟨|e_S - e_T|_i, |e_S - e_T|_{i+1}⟩; 0 for a batch of one."
+    if e_s.shape != e_t.shape: raise ValueError(f"cc_loss: embeddings differ in shape, {tuple(e_s.shape)} vs {tuple(e_t.shape)}")
+    delta = (e_s - e_t).abs()
+    if len(delta) < 2: return 0. * delta.sum()
+    return (delta[:-1] * delta[1:]).sum(1).mean()
+
+# %% ../nbs/02_losses.ipynb #e927cf50
+def fsp_matrices(feats:list, # (B, C_l, H_l, W_l) maps of consecutive stages
+                ) -> list:
+    "FSP matrices (B, C_l, C_{l+1}) of each consecutive pair of stages, the larger map average-pooled to the smaller."
+    out = []
+    for bot, top in zip(feats[:-1], feats[1:]):
+        bot, top = _pool_to_common(bot, top)
+        out.append(torch.einsum('bihw,bjhw->bij', bot, top) / (bot.shape[-2] * bot.shape[-1]))
+    return out
+
+def fsp_loss(fs_list:list, # student maps of consecutive stages
+             ft_list:list, # teacher maps of the same stages, same channels
+            ) -> torch.Tensor:
+    "FSP: Σ over consecutive stage pairs of mean (G_S - G_T)², G the FSP matrices."
+    for i, (a, b) in enumerate(zip(fs_list, ft_list)):
+        if a.shape[1] != b.shape[1]:
+            raise ValueError(f"fsp_loss: stage {i} has {a.shape[1]} student and {b.shape[1]} teacher channels; FSP needs equal channels")
+    dt = compute_dtype(fs_list[0].dtype)
+    gs = fsp_matrices([f.to(dt) for f in fs_list])
+    gt = fsp_matrices([f.detach().to(dt) for f in ft_list])
+    return sum((s - t).square().mean() for s, t in zip(gs, gt))
+
+# %% ../nbs/02_losses.ipynb #9b303f78
+def ft_factor(f:torch.Tensor, # (B, C, H, W) factor maps
+              p1:float=2.,    # power before the channel mean
+             ) -> torch.Tensor:
+    "FT's factor vector: the channel mean of f^p1, flattened and L2-normalised per sample, (B, H·W)."
+    return F.normalize(f.pow(p1).mean(1).flatten(1), dim=1)
+
+def ft_loss(factor_s:torch.Tensor, # the translator's output (B, C_s, H, W)
+            factor_t:torch.Tensor, # the paraphraser's factor (B, C_t, H', W'); the larger map is average-pooled
+            p1:float=2.,           # power before the channel mean
+            p2:float=1.,           # power of the distance (1: mean absolute difference)
+           ) -> torch.Tensor:
+    "FT: mean |φ(F_S) - φ(F_T)|^p2, φ the normalised channel mean of F^p1."
+    dt = compute_dtype(factor_s.dtype)
+    fs, ft = _pool_to_common(factor_s.to(dt), factor_t.detach().to(dt))
+    d = ft_factor(fs, p1) - ft_factor(ft, p1)
+    return d.abs().mean() if p2 == 1 else d.pow(p2).mean()
+
+# %% ../nbs/02_losses.ipynb #b8d7c988
+def ab_loss(fs_list:list,       # student pre-activation maps (after the connectors), one per stage
+            ft_list:list,       # teacher pre-activation maps, same shapes
+            margin:float=1.,    # μ
+           ) -> torch.Tensor:
+    "AB: Σ_l 2^(l-L+1)·Σ[(s+μ)²·1(s>-μ, t≤0) + (s-μ)²·1(s≤μ, t>0)] · 3 / (1000·B)."
+    L, B = len(fs_list), fs_list[0].shape[0]
+    dt = compute_dtype(fs_list[0].dtype)
+    total = 0.
+    for l, (s, t) in enumerate(zip(fs_list, ft_list)):
+        s, t = s.to(dt), t.detach().to(dt)
+        on = ((s + margin) ** 2 * ((s > -margin) & (t <= 0)) + (s - margin) ** 2 * ((s <= margin) & (t > 0))).sum()
+        total = total + 2. ** (l - L + 1) * on
+    return total * 3 / (1000 * B)
+
+# %% ../nbs/02_losses.ipynb #8efa6bec
+def ofd_margin(bn_weight:torch.Tensor, # γ of the BN before the teacher's ReLU (C,)
+               bn_bias:torch.Tensor,   # β of that BN (C,)
+              ) -> torch.Tensor:
+    "OFD's per-channel margin E[x | x < 0] for x ~ N(β, γ²), or -3|γ| where P(x < 0) ≤ 0.001, in float64."
+    s, m = bn_weight.detach().double().abs().clamp(min=1e-12), bn_bias.detach().double()
+    p = torch.special.ndtr(-m / s)
+    pdf = torch.exp(-(m / s) ** 2 / 2) / (2 * torch.pi) ** 0.5
+    return torch.where(p > 0.001, m - s * pdf / p.clamp(min=1e-300), -3 * s)
+
+def ofd_loss(fs_list:list,  # student maps after the connectors (B, C_t, H, W), one per stage
+             ft_list:list,  # teacher pre-ReLU maps (B, C_t, H', W'), pooled to the student's size
+             margins:list,  # per-channel margins (C_t,) of each stage (see `ofd_margin`)
+            ) -> torch.Tensor:
+    "OFD: Σ_l 2^-(L-l-1)·Σ_{c,h,w} mean_b d(s, t), d the partial L2 that ignores what the teacher's ReLU discards below m."
+    L, total = len(fs_list), 0.
+    dt = compute_dtype(fs_list[0].dtype)
+    for l, (s, t, m) in enumerate(zip(fs_list, ft_list, margins)):
+        s = s.to(dt)
+        t = F.adaptive_avg_pool2d(t.detach().to(dt), s.shape[-2:])
+        m = m.to(s).view(1, -1, 1, 1)
+        d = ((s - m) ** 2 * ((s > m) & (t <= m)) + (s - t) ** 2 * ((s > t) & (t > m) & (t <= 0)) + (s - t) ** 2 * (t > 0))
+        total = total + d.mean(0).sum() / 2 ** (L - l - 1)
+    return total
+
+# %% ../nbs/02_losses.ipynb #ceb17c4c
+def _removenan(x): return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+def _svd_rsv(f, n, layout):
+    "The first `n` singular values (B, n) and right singular vectors (B, D, n), each L2-normalised, of each sample's matrix."
+    B, C, H, W = f.shape
+    x = f.flatten(2).transpose(1, 2) if layout == 'repdistiller' else f.reshape(B, C * H, W)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    s, v = _removenan(s), _removenan(vh.transpose(1, 2))
+    return F.normalize(s[:, :n], dim=1), F.normalize(v[:, :, :n], dim=1)
+
+def _align_rsv(a, b):
+    "The columns of `a` (B, D, k+3) picked and sign-flipped to match each column of `b` (B, D, k) by largest |cosine|."
+    cos = a.transpose(1, 2) @ b
+    best = cos.abs().amax(1, keepdim=True)
+    return a @ torch.where(cos.abs() == best, cos.sign(), torch.zeros_like(cos))
+
+def kdsvd_loss(fs_list:list,  # student maps of consecutive stages (B, C_l, H, W)
+               ft_list:list,  # teacher maps, same channels per stage
+               k:int=1,       # singular vectors taken from the teacher (the student: k + 3)
+               layout:str='repdistiller', # 'repdistiller' (HW×C matrices, as the paper) or 'mdistiller' (CH×W)
+              ) -> torch.Tensor:
+    "KD-SVD: Σ over consecutive stages of Σ(R_S - R_T)² / B, R the Gaussian-kernel relations of aligned singular vectors."
+    if layout not in ('repdistiller', 'mdistiller'): raise ValueError(f"kdsvd_loss: layout is 'repdistiller' or 'mdistiller', got {layout!r}")
+    dt = compute_dtype(fs_list[0].dtype)
+    total, prev = 0. * fs_list[0].to(dt).sum(), None       # a tensor (zero gradient) even for a single stage
+    for f_s, f_t in zip(fs_list, ft_list):
+        s_t, v_t = _svd_rsv(f_t.detach().to(dt), k, layout)
+        _, v_s = _svd_rsv(f_s.to(dt), k + 3, layout)
+        if v_s.shape[1] != v_t.shape[1]:
+            raise ValueError(f"kdsvd_loss: student {tuple(f_s.shape)} and teacher {tuple(f_t.shape)} give singular vectors of "
+                             f"{v_s.shape[1]} and {v_t.shape[1]} entries; KD-SVD needs equal channels")
+        v_s = _align_rsv(v_s, v_t) * s_t[:, None, :]
+        v_t = v_t * s_t[:, None, :]
+        if prev is not None:
+            rbf = lambda v, vb: torch.exp(-(v[:, :, None, :] - vb[:, None, :, :]).square() / 8)
+            d = (rbf(v_s, prev[0]) - rbf(v_t, prev[1])).square()
+            total = total + _removenan(d).sum()
+        prev = (v_s, v_t)
+    return total / fs_list[0].shape[0]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['CIFAR_ARCHS', 'DEFAULT_TAPS', 'PAPER_ARCHS', 'CifarBasicBlock', 'CifarResNet', 'CifarWideBlock', 'CifarWideResNet',
            'cifar_model', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model', 'tap_shapes',
-           'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher']
+           'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher', 'tap_norms', 'preact_taps']
 
 # %% ../nbs/04_models.ipynb #e010cae5
 import copy
@@ -183,6 +183,7 @@ def _parse_tap(tap):
 
 class TappedModel(nn.Module):
     "An unmodified model whose call returns `(logits, feats)`, `feats` being the tapped tensors in order."
+    activations = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish)   # what `record_preact` looks through
     def __init__(self,
                  model:nn.Module, # the network, used as is (its state_dict keys gain a `model.` prefix)
                  taps:list,       # module names, 'name' for the output or 'name:in' for the input
@@ -192,6 +193,7 @@ class TappedModel(nn.Module):
         self.model, self.arch, self.taps = model, arch, list(taps)
         modules = dict(model.named_modules())
         self._store, self._handles = None, []
+        self._act = self._act_in = None; self._act_handles = []      # `record_preact`: the last activation's (output, input)
         for i, tap in enumerate(self.taps):
             name, where = _parse_tap(tap)
             if name not in modules:
@@ -204,7 +206,7 @@ class TappedModel(nn.Module):
             self._handles.append(h)
 
     def _record_output(self, i, module, args, output):
-        if self._store is not None: self._store[i] = output
+        if self._store is not None: self._store[i] = self._act[1] if self._act is not None and self._act[0] is output else output
 
     def _record_input(self, i, module, args):
         if self._store is not None: self._store[i] = args[0].flatten(1) if args[0].ndim > 2 else args[0]
@@ -213,10 +215,25 @@ class TappedModel(nn.Module):
         store = [None] * len(self.taps)
         self._store = store
         try: logits = self.model(x)
-        finally: self._store = None
+        finally: self._store = self._act = self._act_in = None
         missing = [t for t, f in zip(self.taps, store) if f is None]
         if missing: raise RuntimeError(f"taps {missing} were not reached in the forward pass of {self.arch or type(self.model).__name__}")
         return logits, store
+
+    def record_preact(self, on:bool=True):
+        "From now on (`on`), a tap whose module returns an activation's output records that activation's input, its pre-activation."
+        for h in self._act_handles: h.remove()
+        self._act_handles = []
+        for m in (self.model.modules() if on else []):
+            if isinstance(m, self.activations):
+                self._act_handles += [m.register_forward_pre_hook(self._act_input), m.register_forward_hook(self._act_output)]
+        return self
+
+    def _act_input(self, module, args):      # an in-place activation overwrites its input: keep a copy
+        if self._store is not None: self._act_in = args[0].clone() if getattr(module, 'inplace', False) else args[0]
+
+    def _act_output(self, module, args, output):
+        if self._store is not None: self._act = (output, self._act_in)
 
     def extra_repr(self): return f"arch={self.arch!r}, taps={self.taps}"
 
@@ -407,3 +424,44 @@ class FrozenTeacher(nn.Module):
             out = self.model(x.to(self.dtype) if self.dtype is not None else x)
         if isinstance(out, tuple) and self.dtype is not None: out = (out[0].float(), *out[1:])
         return out
+
+# %% ../nbs/04_models.ipynb #bf4970ce
+def tap_norms(model:TappedModel, # the network whose taps to inspect
+              input_size=224,     # H (= W) or (H, W) of the input; the forward runs on the meta device (nothing computed)
+             ) -> list:
+    "Per tap, the last BatchNorm layer that ran inside the tap's module (None for an ':in' tap or a module without one)."
+    modules = dict(model.model.named_modules())
+    last, count, found, hooks = [None], [0], [None] * len(model.taps), []
+    def seen(mod, args, out): last[0] = mod; count[0] += 1
+    try:
+        for m in modules.values():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm): hooks.append(m.register_forward_hook(seen))
+        for i, tap in enumerate(model.taps):
+            name, where = _parse_tap(tap)
+            if where != 'out': continue
+            start = [0]
+            hooks.append(modules[name].register_forward_pre_hook(lambda mod, args, start=start: start.__setitem__(0, count[0])))
+            hooks.append(modules[name].register_forward_hook(
+                lambda mod, args, out, i=i, start=start: found.__setitem__(i, last[0] if count[0] > start[0] else None)))
+        tap_shapes(model, input_size)
+    finally:
+        for h in hooks: h.remove()
+    return found
+
+# %% ../nbs/04_models.ipynb #b01f9134
+def preact_taps(model:TappedModel, # the network whose taps to inspect
+                input_size=224,     # H (= W) or (H, W) of the input (a meta-device forward)
+               ) -> list:
+    "Per tap, whether `record_preact` gives a pre-activation there: its module returns the output of an activation module."
+    modules, last, found, hooks = dict(model.model.named_modules()), [None], [False] * len(model.taps), []
+    try:
+        for m in modules.values():
+            if isinstance(m, model.activations): hooks.append(m.register_forward_hook(lambda mod, args, out: last.__setitem__(0, out)))
+        for i, tap in enumerate(model.taps):
+            name, where = _parse_tap(tap)
+            if where == 'out':
+                hooks.append(modules[name].register_forward_hook(lambda mod, args, out, i=i: found.__setitem__(i, out is last[0])))
+        tap_shapes(model, input_size)
+    finally:
+        for h in hooks: h.remove()
+    return found

@@ -4,15 +4,17 @@
 
 # %% auto #0
 __all__ = ['TMP_SUFFIX', 'CONFIG', 'RESUMES', 'METRICS', 'SUMMARY', 'SUMMARY_MD', 'CURVES', 'LOCK', 'LATEST', 'BEST',
-           'atomic_write', 'atomic_text', 'atomic_save', 'clean_temp', 'claim', 'publish_dir', 'runs_dir',
-           'new_run_dir', 'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'versions', 'checkpoint_path',
+           'TENSORBOARD', 'PATH_KEYS', 'RESUME_ONLY', 'umask', 'atomic_write', 'atomic_text', 'atomic_save',
+           'clean_temp', 'config_for_run', 'config_from_run', 'claim', 'publish_dir', 'runs_dir', 'new_run_dir',
+           'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'versions', 'checkpoint_path',
            'read_checkpoint', 'load_student', 'load_teacher', 'save_model', 'write_metrics', 'read_metrics',
-           'write_summary', 'plot_curves', 'read_config', 'is_complete', 'find_runs', 'save_epoch', 'resume_state',
-           'record_resume']
+           'write_summary', 'plot_curves', 'read_config', 'finished_epochs', 'is_complete', 'find_runs', 'save_epoch',
+           'resume_state', 'record_resume']
 
 # %% ../nbs/13_runs.ipynb #6dc1982f
 import dataclasses
 import datetime
+import errno
 import json
 import os
 import pickle
@@ -25,7 +27,7 @@ import torch
 from filelock import FileLock, Timeout
 
 import dctkd
-from .config import TrainConfig, dataset_dir, make_config
+from .config import TOY_ROOT, TrainConfig, dataset_dir, make_config
 from .models import FrozenTeacher, build_model, num_classes_of
 
 # %% ../nbs/13_runs.ipynb #4bb82645
@@ -33,16 +35,38 @@ TMP_SUFFIX = '.dctkd-tmp'
 CONFIG, RESUMES, METRICS, SUMMARY, SUMMARY_MD, CURVES, LOCK = (
     'config.json', 'resumes.json', 'metrics.csv', 'summary.json', 'summary.md', 'curves.png', '.lock')
 LATEST, BEST = Path('checkpoints') / 'latest.pt', Path('checkpoints') / 'best.pt'
+TENSORBOARD = 'tensorboard'   # the folder of a run's TensorBoard logs
+
+def umask() -> int:
+    "This process's umask (read without changing it where /proc tells it)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m)
+    return m
+
+def _disk_full(e:BaseException) -> bool:
+    "Whether `e` is how Python or torch.save report a full disk (torch: 'unexpected pos' / 'file write failed')."
+    return getattr(e, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or any(
+        s in str(e) for s in ('No space left', 'unexpected pos', 'file write failed'))
 
 def atomic_write(path,  # the file to (re)place
                  write, # write(tmp_path): writes the whole content to the temporary file
                 ) -> Path:
-    "Write `path` through a temporary file in the same folder, flushed to disk, then an atomic rename."
+    "Write `path` through a temporary file in the same folder, flushed to disk, then an atomic rename; permissions follow the umask."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=TMP_SUFFIX); os.close(fd)
     try:
-        write(tmp)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())                      # mkstemp makes it private (0600); a plain open() would not
+        try:
+            write(tmp)
+            with open(tmp, 'rb') as f: os.fsync(f.fileno())
+        except (OSError, RuntimeError) as e:
+            if not _disk_full(e): raise
+            raise OSError(errno.ENOSPC, f"no space left on device while writing {path} ({shutil.disk_usage(path.parent).free / 2**20:.0f} MiB "
+                          f"free there; {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); free some space and try again "
+                          "(a run resumes from its last finished epoch)") from None
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
@@ -66,6 +90,40 @@ def clean_temp(folder) -> list:
                 p.unlink(); gone.append(p.name)
     return gone
 
+# %% ../nbs/13_runs.ipynb #b5049a03
+PATH_KEYS = ('root', 'teacher', 'pretrained', 'resume')   # config keys that hold a path
+
+def _is_path(key, value) -> bool:
+    return isinstance(value, str) and bool(value) and not (key == 'pretrained' and value.split(':')[0].lower() == 'imagenet')
+
+def config_for_run(cfg:dict, # a config as a dict (paths relative to the working directory, or absolute)
+                   run,      # the run folder it is stored in
+                  ) -> dict:
+    "`cfg` as a run folder stores it: relative paths made relative to `run` (a toy run's default root spelled out)."
+    out = dict(cfg)
+    if out.get('dataset') == 'toy' and not out.get('root'): out['root'] = TOY_ROOT
+    base = os.path.abspath(run)
+    try: stored = json.loads((Path(run) / CONFIG).read_text())    # a resumed run: keep its spelling of the paths that did not change
+    except (OSError, ValueError): stored = {}
+    was = config_from_run(stored, run) if isinstance(stored, dict) else {}
+    for k in PATH_KEYS:
+        v = out.get(k)
+        if k in was and was[k] == v and isinstance(stored.get(k), str): out[k] = stored[k]
+        elif _is_path(k, v) and not os.path.isabs(v): out[k] = os.path.relpath(os.path.abspath(v), base)
+    return out
+
+def config_from_run(cfg:dict, # a config as stored in run folder `run`
+                    run,
+                   ) -> dict:
+    "`cfg` with its paths usable from any working directory: absolute paths, resolved against the run folder."
+    out, base = dict(cfg), Path(os.path.abspath(run))
+    for k in PATH_KEYS:
+        v = out.get(k)
+        if not _is_path(k, v) or os.path.isabs(v): continue
+        p = os.path.normpath(base / v)
+        out[k] = p if os.path.exists(p) or not os.path.exists(v) else os.path.abspath(v)   # an older run: relative to where it ran
+    return out
+
 # %% ../nbs/13_runs.ipynb #5ae5e331
 def claim(parent,  # the folder to create in
           base:str, # the preferred name
@@ -82,6 +140,7 @@ def _publish_dir(tmp:Path):
     "A `make` for `claim` that renames the finished folder `tmp` to the claimed name."
     def make(p:Path):
         p.mkdir()                    # the claim: fails if the name is taken
+        os.chmod(tmp, 0o777 & ~umask())   # mkdtemp makes a private folder
         os.rename(tmp, p)            # replaces only the empty folder just made
     return make
 
@@ -100,8 +159,8 @@ def new_run_dir(cfg:TrainConfig) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f'.{base}.', suffix=TMP_SUFFIX))
     try:
         (tmp / 'checkpoints').mkdir()
-        (tmp / CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-        os.chmod(tmp, 0o755)                                         # mkdtemp makes it private
+        # paths relative to the run folder: tmp is its sibling, so the same relative paths hold after the rename
+        (tmp / CONFIG).write_text(json.dumps(config_for_run(dataclasses.asdict(cfg), tmp), indent=2))
         return publish_dir(tmp, root, base)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)     # our own staging folder, left only by a failure
@@ -121,6 +180,15 @@ def folder_lock(folder, what:str='run folder') -> FileLock:
 # %% ../nbs/13_runs.ipynb #2c600edd
 class UnsafeCheckpointError(ValueError):
     "A checkpoint that could only be loaded by unpickling arbitrary objects (which can run code)."
+
+class CorruptCheckpointError(ValueError):
+    "A file that is not a readable checkpoint at all: truncated, overwritten, or never one."
+
+def _unsafe(p:Path, e:Exception) -> bool:
+    "Whether `torch.load(weights_only=True)` refused `p` for a global it does not allow (a real pickle), not for broken bytes."
+    head = p.read_bytes()[:4] if p.stat().st_size else b''
+    real = head.startswith(b'PK') or head[:1] == b'\x80'        # a zip checkpoint, or a legacy pickle's PROTO opcode
+    return real and 'Unsupported global' in str(e)
 
 def versions() -> dict:
     "Versions of what a result depends on."
@@ -146,6 +214,9 @@ def read_checkpoint(path,             # a checkpoint file, or a run folder (its 
     if not p.is_file(): raise FileNotFoundError(f"checkpoint {p} not found")
     try: ck = torch.load(p, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
+        if not _unsafe(p, e):
+            raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint (truncated, overwritten or never one; "
+                                         f"{str(e).splitlines()[-1].strip() or type(e).__name__}); use another checkpoint, or retrain") from None
         if not trust:
             why = next((l.strip() for l in str(e).splitlines() if 'GLOBAL' in l or 'Unsupported' in l), str(e).splitlines()[0])
             raise UnsafeCheckpointError(
@@ -153,10 +224,15 @@ def read_checkpoint(path,             # a checkpoint file, or a run folder (its 
                 "dctkd checkpoints never need that; if you wrote this file yourself and trust it, "
                 "load it with read_checkpoint(path, trust=True)") from None
         ck = torch.load(p, map_location='cpu', weights_only=not trust)   # reached only with trust=True
-    except Exception as e: raise ValueError(f"cannot read checkpoint {p}: {e}") from None
+    except Exception as e:
+        raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0] if str(e) else 'empty or truncated'}); use another checkpoint, or retrain") from None
     if not isinstance(ck, dict) or ck.get('format') != 'dctkd-train':
         raise ValueError(f"{p} is not a dctkd training checkpoint (format {ck.get('format') if isinstance(ck, dict) else type(ck).__name__!r})")
     ck['path'] = str(p)
+    run = p.parent.parent
+    if p.parent.name == 'checkpoints' and isinstance(ck.get('config'), dict) and (run / CONFIG).is_file():
+        ck['config'] = config_from_run(ck['config'], run)        # its paths, usable from any working directory
     return ck
 
 def load_student(path, *, which:str='best', trust:bool=False, device='cpu') -> tuple:
@@ -235,10 +311,15 @@ def plot_curves(history:list, path=None):
     return fig
 
 def read_config(run) -> dict:
-    "The `config.json` of a run folder."
+    "The `config.json` of a run folder, its paths resolved (usable from any working directory)."
     p = Path(run) / CONFIG
     if not p.is_file(): raise FileNotFoundError(f"{run} has no {CONFIG}; is it a dctkd run folder?")
-    return json.loads(p.read_text())
+    return config_from_run(json.loads(p.read_text()), run)
+
+def finished_epochs(run) -> int:
+    "How many epochs of `run` finished (the rows of its metrics.csv, written with each epoch's checkpoint)."
+    p = Path(run) / METRICS
+    return max(0, len([l for l in p.read_text().splitlines() if l.strip()]) - 1) if p.is_file() else 0
 
 def is_complete(run) -> bool:
     "Whether `run` finished every epoch of its config (its summary.json is written last)."
@@ -255,21 +336,14 @@ def find_runs(root) -> list:
     return out
 
 # %% ../nbs/13_runs.ipynb #38a189d0
-def _link(src:Path):
-    "A `write` for `atomic_write` that makes the temporary file a hard link of `src` (a copy where links are not supported)."
-    def write(tmp):
-        os.remove(tmp)
-        try: os.link(src, tmp)
-        except OSError: shutil.copyfile(src, tmp)
-    return write
+RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'rng')   # checkpoint entries only a resume reads: latest.pt keeps them, best.pt not
 
 def save_epoch(run, ck:dict, improved:bool):
-    "Commit a finished epoch: best.pt (if `improved`), then latest.pt (the same file, linked), then metrics.csv from its history."
+    "Commit a finished epoch: best.pt (if `improved`; without `RESUME_ONLY` state), then latest.pt, then metrics.csv from its history."
     run = Path(run)
-    if improved:
-        atomic_save(ck, run / BEST)
-        atomic_write(run / LATEST, _link(run / BEST))     # one write of the checkpoint, two names
-    else: atomic_save(ck, run / LATEST)
+    ck = {**ck, 'config': config_for_run(ck['config'], run)} if isinstance(ck.get('config'), dict) else ck
+    if improved: atomic_save({k: v for k, v in ck.items() if k not in RESUME_ONLY}, run / BEST)
+    atomic_save(ck, run / LATEST)
     write_metrics(run, ck['history'])
 
 def resume_state(run) -> dict|None:
@@ -279,7 +353,12 @@ def resume_state(run) -> dict|None:
     if not (run / LATEST).exists(): return None
     ck = read_checkpoint(run / LATEST)
     if (run / BEST).exists() and ck['history']:
-        b = read_checkpoint(run / BEST)
+        try: b = read_checkpoint(run / BEST)
+        except CorruptCheckpointError as e:                # latest.pt is what a resume needs; the next best epoch rewrites best.pt
+            print(f"warning: {e}; resuming from {LATEST}, and {BEST} is written again at the next best epoch", flush=True)
+            ck['best_top1'] = -1.0
+            write_metrics(run, ck['history'])
+            return ck
         best_epoch = max(range(len(ck['history'])), key=lambda i: ck['history'][i]['val_top1'])
         if b['epoch'] != best_epoch and b['epoch'] <= ck['epoch']:
             raise RuntimeError(f"{run}: {BEST} holds epoch {b['epoch'] + 1} but the history in {LATEST} says the best epoch is "
@@ -294,4 +373,4 @@ def record_resume(run, cfg:TrainConfig, epoch:int, changed:dict):
     log = json.loads((run / RESUMES).read_text()) if (run / RESUMES).exists() else []
     log.append({'at_epoch': epoch + 1, 'changed': changed, 'time': datetime.datetime.now().isoformat(timespec='seconds')})
     atomic_text(run / RESUMES, json.dumps(log, indent=2))
-    atomic_text(run / CONFIG, json.dumps(dataclasses.asdict(cfg), indent=2))
+    atomic_text(run / CONFIG, json.dumps(config_for_run(dataclasses.asdict(cfg), run), indent=2))

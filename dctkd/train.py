@@ -17,13 +17,14 @@ import torch.distributed as dist
 from torch import nn
 
 from . import distillers
-from .config import TrainConfig, check_device, given_keys, make_config, method_hparams, open_split, resume_config
+from .check import check
+from .config import PRESETS, TrainConfig, method_hparams, open_split   # PRESETS: a forwarding name (dctkd.train.PRESETS)
 from .data.cache import make_loader
 from .data.images import BadImageError
 from .distributed import Dist, ShardSampler, all_reduce_sum, epoch_seed, rng_state, seed_everything, setup_distributed, sync_batchnorm
 from .evaluate import Metrics
 from .models import TappedModel, build_model
-from .runs import (folder_lock, load_teacher, new_run_dir, read_config, record_resume, resume_state, read_checkpoint,
+from .runs import (LATEST, TENSORBOARD, folder_lock, load_teacher, new_run_dir, record_resume, resume_state, read_checkpoint,
                         save_epoch, versions, write_summary)
 
 # %% ../nbs/15_train.ipynb #78928d66
@@ -54,14 +55,14 @@ def _tensorboard(mode:str, run=None):
         if mode == 'on': raise ImportError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' "
                                            "(or tensorboard=auto to train without it)") from None
         return None
-    return SummaryWriter(str(Path(run) / 'tensorboard')) if run is not None else None
+    return SummaryWriter(str(Path(run) / TENSORBOARD)) if run is not None else None
 
 class NonFiniteLoss(RuntimeError):
     "A loss term became NaN or infinite."
 
 def _last_good(epoch):
     "Where a run stopped in epoch index `epoch` can go on from."
-    return (f"the last good checkpoint is checkpoints/latest.pt (epoch {epoch})" if epoch else
+    return (f"the last good checkpoint is {LATEST} (epoch {epoch})" if epoch else
             "no epoch had finished, so there is no checkpoint")
 
 def _amp_dtype(cfg, device):
@@ -79,15 +80,6 @@ def _skipped(ds) -> list:
     return list(getattr(getattr(ds, 'source', ds), 'skipped', []))
 
 # %% ../nbs/15_train.ipynb #912641f9
-def _resolve(cfg, preset, overrides) -> tuple:
-    "The config to train, the run folder to resume ('' for a new run) and the keys a resume changes."
-    if cfg is not None and preset: raise ValueError("fit: give either a TrainConfig or a preset, not both")
-    given = {**(dataclasses.asdict(cfg) if cfg is not None else given_keys(preset)), **overrides}
-    resume = str(given.get('resume') or '')
-    if not resume: return make_config(**given), '', {}
-    new, changed = resume_config(read_config(resume), given)
-    return dataclasses.replace(new, resume=resume), resume, changed
-
 def _log_epoch(row, epochs):
     "One line per epoch on stdout (terminals, log files, notebooks): every loss term, validation top-1/top-5, LR, speed, time."
     terms = ', '.join(f"{k[6:]} {v:.4g}" for k, v in row.items() if k.startswith('train_') and k != 'train_loss')
@@ -100,15 +92,16 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         **overrides,          # typed config keys on top; with `resume=RUN`, only `RESUMABLE` keys may differ from RUN's
        ) -> Path:
     "Train (and validate every epoch) the run described; returns its run folder. `resume=RUN` continues RUN."
-    cfg, resume, changed = _resolve(cfg, preset, overrides)
-    check_device(cfg.device); _tensorboard(cfg.tensorboard)          # before anything is built: a clear error naming the key
+    ok = check(cfg, preset=preset, **overrides)     # every mistake a UsageError naming it, before anything is built or written
+    cfg, resume, changed = ok.cfg, ok.resume, ok.changed
+    for note in ok.notes: print(f"note: {note}", file=sys.stderr, flush=True)
     d = setup_distributed(cfg.device)
     if cfg.batch_size % d.world:
         raise ValueError(f"config batch_size={cfg.batch_size} is the global batch, split over {d.world} processes; "
                          f"make it a multiple of {d.world}")
     show = cfg.progress and d.main
     train_mode = 'train' if cfg.augment else 'eval'
-    open_data = lambda progress: (open_split(cfg, 'train', train_mode, generate=True, progress=progress),
+    open_data = lambda progress: (open_split(cfg, 'train', train_mode, generate=ok.generate, progress=progress),
                                   open_split(cfg, cfg.val_split, 'eval', progress=progress))
     train_ds, val_ds = open_data(show) if d.main else (None, None)
     if d.world > 1:
@@ -123,7 +116,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     # networks
     seed_everything(cfg.seed)
     teacher = load_teacher(cfg.teacher, classes, d.device) if cfg.teacher else None
-    student = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained or None)
+    student = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained or None, taps=cfg.taps or None)
     hp = method_hparams(cfg)                          # the class's defaults, the recipe's, then the config's
     if distillers.method(cfg.method).needs_labels: hp['labels'] = torch.tensor(train_ds.targets)
     distiller = distillers.build(cfg.method, student, teacher, cfg.image_size, num_train=len(train_ds), **hp)
@@ -153,7 +146,7 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         ck = resume_state(run) if d.main and resume else None      # None: no epoch had finished, start at epoch 1
         if d.world > 1 and resume:
             dist.barrier()
-            if not d.main and (run / 'checkpoints' / 'latest.pt').exists(): ck = read_checkpoint(run, which='latest')
+            if not d.main and (run / LATEST).exists(): ck = read_checkpoint(run, which='latest')
         if ck is not None:
             trainee.student.model.load_state_dict(ck['student']); trainee.distiller.load_state_dict(ck['distiller'])
             opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])

@@ -379,3 +379,11 @@ def evaluation_figures(results:dict,   # from `evaluate_model` or `evaluate(run,
     "(confusion matrix figure, per-class accuracy figure) of evaluation results."
     return (confusion_figure(results['confusion'], class_names, title=title),
             per_class_figure(results['per_class'], class_names, title=title))
+
+# %% ../nbs/16_viz.ipynb #e413bb77
+def __getattr__(name):
+    "Names that moved out of `dctkd.viz`, forwarded: `AttentionExplorer` (now `dctkd.explorer.AttentionExplorer`)."
+    if name == 'AttentionExplorer':
+        from dctkd.explorer import AttentionExplorer
+        return AttentionExplorer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

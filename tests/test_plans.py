@@ -87,7 +87,7 @@ def test_paper_presets_refuse_the_toy_scenes_and_a_missing_root():
 def test_toy_ablation_plan_runs_end_to_end_with_its_layout(tmp_path):
     plan = load_plan(PLANS / 'ablation-toy.yaml')
     make_toy_scenes(tmp_path / 'toy', layout='mit67', n_classes=3, n_per_class=6, size=36, progress=False)
-    tiny = dict(epochs=1, max_batches=1, image_size=32, batch_size=8, workers=0, root=str(tmp_path / 'toy'))
+    tiny = dict(epochs=1, max_batches=1, image_size=64, batch_size=8, workers=0, root=str(tmp_path / 'toy'))   # 'stages 4' needs layer4 > 1×1
     for r in plan['runs']: r['config'].update(tiny); r['seeds'] = [0]
     st = run_sweep(plan, tmp_path / 'sweep', executor='inprocess', log=lambda *a: None)
     assert {v['status'] for v in st['jobs'].values()} == {'done'}, st

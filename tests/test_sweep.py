@@ -42,7 +42,7 @@ def test_train_evaluate_report_notebooks(toy, tmp_path, kernel_env):
     common = dict(dataset='toy', root=str(toy), out=str(tmp_path / 'runs'), **TINY)
     _pm('train.ipynb', tmp_path / 't.ipynb', config=dict(arch='resnet18', name='teacher', **common))
     teacher = tmp_path / 'runs' / 'toy-scenes' / 'teacher'
-    _pm('train.ipynb', tmp_path / 's.ipynb', config=dict(arch='resnet18', method='dct+kd', teacher=str(teacher), name='dct-kd', **common))
+    _pm('train.ipynb', tmp_path / 's.ipynb', config=dict(arch='resnet18', method='dct+kd', teacher=str(teacher), name='dct-kd', hparams={'stages': [0, 1, 2]}, **common))
     student = tmp_path / 'runs' / 'toy-scenes' / 'dct-kd'
     for f in (teacher, student):
         assert {'config.json', 'metrics.csv', 'summary.json'} <= {p.name for p in f.iterdir()}
@@ -76,8 +76,8 @@ defaults: {{dataset: toy, root: {toy}, {tiny}}}
 runs:
   - {{name: t, arch: resnet18}}
   - {{name: t-bad, arch: resnet18, pretrained: {tmp_path / 'no-such-weights.pt'}}}   # fails when training starts
-  - {{name: s-bad, arch: resnet18, method: dct, teacher: t-bad}}          # skipped: its teacher failed
-  - {{name: s, arch: resnet18, method: dct, teacher: t}}
+  - {{name: s-bad, arch: resnet18, method: dct, teacher: t-bad, hparams: {{stages: [0, 1, 2]}}}}          # skipped: its teacher failed
+  - {{name: s, arch: resnet18, method: dct, teacher: t, hparams: {{stages: [0, 1, 2]}}}}
 """)
     out = tmp_path / 'sweep'
     st = run_sweep(str(plan), out, executor='papermill')

@@ -35,7 +35,7 @@ def _plan(path, root, runs, **over):
     return path
 
 
-STUDENTS = ['{name: t, arch: resnet18}', '{name: s-dct, arch: resnet18, method: dct, teacher: t}',
+STUDENTS = ['{name: t, arch: resnet18}', '{name: s-dct, arch: resnet18, method: dct, teacher: t, hparams: {stages: [0, 1, 2]}}',
             '{name: s-kd, arch: resnet18, method: kd, teacher: t}']
 when = lambda rec, k, w: datetime.datetime.fromisoformat(rec['jobs'][k][w])
 
@@ -68,7 +68,7 @@ def test_submitit_local_records_a_failure_and_resubmits_only_it(toy, tmp_path):
     pytest.importorskip('submitit')
     late = tmp_path / 'late-toy'                     # t-bad's dataset (toy scenes in MIT67's layout) appears only before the second sweep
     plan = _plan(tmp_path / 'plan.yaml', toy, STUDENTS[:1] + [f'{{name: t-bad, arch: resnet18, dataset: mit67, root: {late}}}',
-                                                               f'{{name: s-bad, arch: resnet18, dataset: mit67, root: {late}, method: dct, teacher: t-bad}}'])
+                                                               f'{{name: s-bad, arch: resnet18, dataset: mit67, root: {late}, method: dct, teacher: t-bad, hparams: {{stages: [0, 1, 2]}}}}'])
     out = tmp_path / 'sweep'
     st = run_sweep(str(plan), out, executor='submitit', cluster='local', jobs=2, poll_s=0.2, log=lambda *a: None)
     assert {k: v['status'] for k, v in st['jobs'].items()} == {'t/seed0': 'done', 't-bad/seed0': 'failed', 's-bad/seed0': 'skipped'}

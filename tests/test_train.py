@@ -49,8 +49,9 @@ def test_teacher_run_writes_everything_and_learns(teacher_run):
     assert all(math.isfinite(float(r['train_ce'])) for r in rows)
     s = json.loads((run / 'summary.json').read_text())
     assert s['best']['val_top1'] == max(float(r['val_top1']) for r in rows)
-    ck = read_checkpoint(run)
-    assert ck['classes'] and ck['arch'] == 'resnet18' and 'rng' in ck and 'versions' in ck
+    ck, best = read_checkpoint(run, which='latest'), read_checkpoint(run, which='best')
+    assert ck['classes'] and ck['arch'] == 'resnet18' and 'rng' in ck and 'optimizer' in ck and 'versions' in ck
+    assert best['classes'] == ck['classes'] and not {'rng', 'optimizer', 'scheduler', 'scaler'} & set(best)   # best.pt: no resume-only state
     assert ':' not in run.name
 
 
@@ -65,6 +66,8 @@ def one_batch(tmp_path_factory):
 @pytest.mark.parametrize('method', distillers.names())
 def test_every_method_trains_finite_and_lowers_its_loss_on_a_fixed_batch(one_batch, teacher_run, tmp_path, method):
     hp = {'nce_k': 4} if method.startswith('crd') else {}
+    stages = distillers.method_hparams(method).get('stages')
+    if stages: hp['stages'] = [i for i in stages if i < 3]           # layer4 is 1×1 at 32 px: dctkd.check refuses it for AT/DCT
     run = fit(make_config(**{**BASE, 'batch_size': 8, 'lr': 0.0001, 'augment': False}, root=str(one_batch), out=str(tmp_path),
                           method=method, teacher=str(teacher_run) if method != 'none' else '', epochs=3, hparams=hp))
     rows = _rows(run)
@@ -78,7 +81,8 @@ def test_every_method_trains_finite_and_lowers_its_loss_on_a_fixed_batch(one_bat
 
 
 def test_resume_after_a_kill_is_exact(toy, teacher_run, tmp_path, monkeypatch):
-    cfg = dict(BASE, root=str(toy), arch='resnet18', method='dct+kd', teacher=str(teacher_run), epochs=2, max_batches=4)
+    cfg = dict(BASE, root=str(toy), arch='resnet18', method='dct+kd', teacher=str(teacher_run), epochs=2, max_batches=4,
+               hparams={'stages': [0, 1, 2]})   # layer4 is 1×1 at 32 px
     straight = fit(make_config(**cfg, out=str(tmp_path / 'a')))
     real = T._train_epoch
     def killed(*a, **k):
@@ -113,7 +117,7 @@ def test_mismatched_teacher_is_a_clear_error(toy, teacher_run, tmp_path):
 
 def test_non_finite_loss_names_the_term(toy, teacher_run, tmp_path):
     with pytest.raises(T.NonFiniteLoss, match=r"\['at'\] became \[inf\]; no epoch had finished, so there is no checkpoint"):
-        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), method='at', teacher=str(teacher_run), epochs=1,
+        fit(make_config(**BASE, root=str(toy), out=str(tmp_path), method='at', teacher=str(teacher_run), epochs=1, hparams={'stages': [0, 1, 2]},
                         alpha=float('inf'), max_batches=1))
 
 
@@ -196,7 +200,7 @@ def test_sync_batchnorm_in_two_processes_gives_the_one_process_gradients(tmp_pat
 def test_two_process_gloo_run_matches_one_process_and_writes_one_folder(toy, teacher_run, tmp_path):
     # 76 training images in global batches of 48: one full batch and a partial one of 28 (14 per process)
     common = ['dataset=toy', f'root={toy}', 'epochs=1', 'image_size=32', 'resize=36', 'batch_size=48', 'lr=0.01',
-              'workers=0', 'progress=false', 'augment=false', 'method=dct', f'teacher={teacher_run}']
+              'workers=0', 'progress=false', 'augment=false', 'method=dct', f'teacher={teacher_run}', 'hparams={"stages": [0, 1, 2]}']
     train = ['--no-python', str(Path(sys.executable).parent / 'dctkd_train'), *common]
     r = _torchrun([*train, f'out={tmp_path / "ddp"}', 'name=ddp'], 29533)
     assert r.returncode == 0, r.stderr[-3000:]

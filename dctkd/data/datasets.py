@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from .cache import CachedDataset
-from .images import (MODES, ArrayImageDataset, DatasetNotFoundError, ImageDataset, LabelError, TransformSpec,
-                               UnsafePickleError)
+from .images import (MODES, ArrayImageDataset, DatasetNotFoundError, EmptySplitError, ImageDataset, LabelError,
+                               TransformSpec, UnsafePickleError)
 
 # %% ../../nbs/09_datasets.ipynb #5d178d59
 @dataclass(frozen=True)
@@ -95,6 +95,13 @@ def _lines(path) -> list:
                          "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)") from None
     return [(n, s) for n, line in enumerate(text.splitlines(), 1) if (s := line.strip())]
 
+def _nonempty(files, list_file, split):
+    "`files` when there is at least one, else an `EmptySplitError` naming the list file."
+    if len(files) == 0:
+        raise EmptySplitError(f"{list_file} lists no images of the {split} split: nothing to {'train on' if split == 'train' else 'validate on'}; "
+                              "fill the list (or pick another root)")
+    return files
+
 def _check_files(files, list_file, name, root):
     "A `DatasetNotFoundError` when images listed in `list_file` are missing (one directory listing per folder: fast)."
     seen, missing = {}, []
@@ -127,7 +134,7 @@ def _read_ade20k(root, split):
     if unlabelled: warnings.warn(f"{len(unlabelled)} images in {img_dir} have no line in {lst} and are left out, "
                                  f"e.g. {min(unlabelled)}.jpg", stacklevel=3)
     idx = {c: i for i, c in enumerate(classes)}
-    return files, [idx[labels[k]] for k in names], classes
+    return _nonempty(files, lst, split), [idx[labels[k]] for k in names], classes
 
 # %% ../../nbs/09_datasets.ipynb #75dac86f
 def sun397_class_name(key:str) -> str:
@@ -153,7 +160,7 @@ def _read_sun397(root, split, partition=1):
         if key not in idx: raise LabelError(f"{lst}, line {n}: class {key!r} of {line!r} is not in {cls_file}")
         files.append(base/line.lstrip('/')); targets.append(idx[key])
     _check_files(files, lst, 'sun397', root)
-    return files, targets, [sun397_class_name(k) for k in keys]
+    return _nonempty(files, lst, split), targets, [sun397_class_name(k) for k in keys]
 
 # %% ../../nbs/09_datasets.ipynb #2e5f197a
 def _read_mit67(root, split):
@@ -169,7 +176,7 @@ def _read_mit67(root, split):
         if cls not in idx: raise LabelError(f"{lst}, line {n}: class {cls!r} of {line!r} is not a folder of {img}")
         files.append(img/line); targets.append(idx[cls])
     _check_files(files, lst, 'mit67', root)
-    return files, targets, classes
+    return _nonempty(files, lst, split), targets, classes
 
 # %% ../../nbs/09_datasets.ipynb #93b7ebc1
 _reconstruct = np.zeros(0).__reduce__()[0]   # numpy's array reconstructor, whatever module this numpy keeps it in
@@ -221,7 +228,7 @@ def _read_cifar100(root, split):
     bad = next((i for i, t in enumerate(targets) if not 0 <= t < len(classes)), None)
     if bad is not None: raise LabelError(f"{path}: entry {bad} has fine label {targets[bad]}, but {meta} lists {len(classes)} classes")
     images = np.ascontiguousarray(data.reshape(-1, 3, s, s).transpose(0, 2, 3, 1))
-    return images, targets, classes, [meta, path]
+    return _nonempty(images, path, split), targets, classes, [meta, path]
 
 # %% ../../nbs/09_datasets.ipynb #2ecffdfe
 def _read_prepared(root, split, name='prepared'):
@@ -243,7 +250,7 @@ def _read_prepared(root, split, name='prepared'):
         if cls not in idx: raise LabelError(f"{lst}, line {n}: label {cls!r} of {line!r} is not in {names}")
         files.append(path); targets.append(idx[cls])
     _check_files(files, lst, 'prepared', root)
-    return files, targets, classes
+    return _nonempty(files, lst, split), targets, classes
 
 # %% ../../nbs/09_datasets.ipynb #3395a7ba
 def get_dataset(name:str,                # 'ade20k', 'sun397', 'mit67', 'cifar100' or 'prepared'
@@ -291,6 +298,10 @@ def get_dataset(name:str,                # 'ade20k', 'sun397', 'mit67', 'cifar10
         elif name == 'sun397': files, targets, classes = _read_sun397(root, split, partition)
         else: files, targets, classes = _read_mit67(root, split)
         ds = ImageDataset(files, targets, classes, tfm, skip_bad=skip_bad, progress=progress, **kw)
+        if len(ds) == 0:
+            f, why = ds.skipped[0]
+            raise EmptySplitError(f"{name} {split} under {root}: all {len(ds.skipped)} images failed to decode (skip_bad skipped every one, "
+                                  f"e.g. {f}: {why}); nothing is left to {'train on' if split == 'train' else 'validate on'}")
     ds.spec = spec
     if cache is not False and cache is not None:
         if spec is None: raise ValueError("cache needs a named transform ('auto', 'train', 'eval' or 'tencrop'): "

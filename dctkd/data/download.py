@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from .datasets import DOWNLOADS, TITLES, Resource, get_dataset
 from .images import ChecksumError, DatasetNotFoundError, DownloadError
+from .toy import TOY_SCENES, make_toy_scenes
 
 # %% ../../nbs/10_download.ipynb #68d4b9e6
 def _hashes(path) -> tuple:
@@ -137,14 +138,20 @@ def download(name:str,                # 'ade20k', 'sun397', 'mit67' or 'cifar100
 def download_cli(argv=None):
     "Download, check and extract a scene-recognition dataset into the layout dctkd reads (the `dctkd_download` command)."
     ap = argparse.ArgumentParser(prog='dctkd_download', description=download_cli.__doc__.split(' (')[0] + '.')
-    ap.add_argument('name', help='dataset: ' + ', '.join(DOWNLOADS))
+    ap.add_argument('name', help='dataset: ' + ', '.join(DOWNLOADS) + ", or toy: generate dataset 'toy' there (no download)")
     ap.add_argument('root', help="folder to put it in (what get_dataset's `root` then is)")
     ap.add_argument('--sha256', help='expected sha256 of the main archive (printed after a download when not pinned)')
     ap.add_argument('--mirror', help='base URL of a mirror holding the same file names')
     ap.add_argument('--keep-archives', action='store_true', help='keep the archives after extracting them')
     ap.add_argument('--keep_archives', action='store_true', dest='keep_archives', help=argparse.SUPPRESS)   # the old spelling
     ap.add_argument('--force', action='store_true', help='download and extract again even when present')
+    ap.add_argument('--size', type=int, default=64, help='toy only: the side of the generated images')
     a = ap.parse_args(argv)
+    if a.name == 'toy':                 # asked explicitly: the only way toy scenes are written anywhere but the default root
+        try: make_toy_scenes(a.root, **TOY_SCENES, size=a.size)
+        except (FileExistsError, ValueError) as e: raise SystemExit(f"dctkd_download: {e}")
+        print(f"toy scenes in {a.root}: train with dataset=toy root={a.root}")
+        return
     try: download(a.name, a.root, sha256=a.sha256, mirror=a.mirror, keep_archives=a.keep_archives, force=a.force)
     except (DownloadError, ChecksumError, DatasetNotFoundError, ValueError) as e:
         raise SystemExit(f"dctkd_download: {e}")
