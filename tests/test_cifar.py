@@ -86,3 +86,49 @@ def test_cifar_nets_are_32px_nets_with_a_clear_message():
     net = build_model('resnet8', 10)
     with pytest.raises(ValueError, match='take 32×32 inputs'): net(torch.randn(1, 3, 64, 64))
     assert set(CIFAR_ARCHS) >= {'resnet8', 'resnet14', 'resnet20', 'resnet32', 'resnet44', 'resnet56', 'resnet110', 'resnet8x4', 'resnet32x4'}
+
+
+# ---- the CIFAR-100 recipe and plan -------------------------------------------------------------------------------
+# The original's CIFAR recipe, written out from its Config/Training/config_SGD_CIFAR.yaml and Config/Dataset/config_CIFAR100.yaml.
+CIFAR_RECIPE = dict(dataset='cifar100', epochs=240, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4, lr_gamma=0.1, T=4.0,
+                    image_size=32, resize=0, norm='cifar100', recipe='faithful', pretrained='')
+
+
+def test_cifar_presets_are_the_original_configs():
+    from dctkd.config import milestones, make_config
+    from dctkd.data.images import NORM_STATS
+    for preset in ('cifar100-teacher', 'cifar100-student', 'cifar100-dct'):
+        cfg = make_config(preset, root='data/cifar100', **({'teacher': 't'} if preset.endswith('dct') else {}))
+        assert {k: getattr(cfg, k) for k in CIFAR_RECIPE} == CIFAR_RECIPE and milestones(cfg) == [150, 180, 210], preset
+    assert NORM_STATS['cifar100'] == ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761))
+    assert make_config('cifar100-dct', root='x', teacher='t').hparams == {'pred_guide': False}   # the original's CIFAR command
+
+
+def test_cifar100_plan_runs_every_method_on_the_original_and_crd_pairs():
+    from pathlib import Path
+    from dctkd.config import make_config, method_hparams, milestones
+    from dctkd.sweep import expected_from_plan, load_plan, plan_jobs
+    path = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'plans' / 'cifar100.yaml'
+    plan = load_plan(path)
+    assert plan['seeds'] == [0, 1, 2]
+    by = {r['name']: r for r in plan['runs']}
+    arch = lambda r: make_config(r['preset'], **{k: v for k, v in r['config'].items() if k != 'method'}).arch
+    pairs = {(arch(by[r['teacher']]), arch(r)) for r in plan['runs'] if r.get('teacher')}
+    assert pairs == {('resnet56', 'resnet20'), ('resnet110', 'resnet20'), ('resnet110', 'resnet32'), ('resnet32x4', 'resnet8x4'),
+                     ('wrn_40_2', 'wrn_16_2')}
+    for t, s in pairs:          # every registered method that runs on the pair (from the registry, not a hand list)
+        runnable = {n for n in names() if not check_pair(build_model(s, 100), build_model(t, 100), 32).methods[n.removesuffix('+kd')].startswith('cannot')}
+        have = {r['config']['method'] for r in plan['runs'] if r.get('teacher') and (arch(by[r['teacher']]), arch(r)) == (t, s)}
+        assert have == runnable - {'none'}, (t, s, runnable - have)
+    for job in plan_jobs(plan, '/tmp/sweep'):
+        cfg = make_config(job['preset'], **job['config'])
+        assert {k: getattr(cfg, k) for k in CIFAR_RECIPE} == CIFAR_RECIPE and milestones(cfg) == [150, 180, 210], job['key']
+        hp = method_hparams(cfg)
+        if cfg.method.startswith('dct'): assert hp['pred_guide'] is False, job['key']         # PRED_GUIDE=False
+        if cfg.method == 'kd': assert (hp['alpha'], hp['beta']) == (0.9, 0.1)                 # RepDistiller's KD (-r 0.1 -a 0.9)
+        if cfg.method.startswith('crd'): assert hp['negatives'] == 'all'                        # RepDistiller's sampler
+    exp = expected_from_plan(plan)                # CRD Table 1 as the RepDistiller README prints it: a few cells by hand
+    assert exp['teacher']['T resnet32x4 → S resnet8x4'] == 79.42 and exp['none']['T resnet110 → S resnet32'] == 71.14
+    assert exp['crd']['T resnet32x4 → S resnet8x4'] == 75.51 and exp['kd']['T wrn_40_2 → S wrn_16_2'] == 74.92
+    assert exp['fitnet']['T resnet110 → S resnet20'] == 68.99 and exp['fsp']['T resnet56 → S resnet20'] == 69.95
+    assert not {'dct', 'dct+kd', 'crd+kd', 'dkd', 'dist', 'lskd', 'reviewkd', 'semckd', 'catkd'} & set(exp)   # no published number found
