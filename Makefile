@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check -c constraint
 # nbdev_clean still tidies their metadata.
 SYNCED := nbs dctkd README.md ':(exclude)nbs/experiments'
 
-.PHONY: install sync test demo docs bench clean
+.PHONY: install sync test demo docs bench clean doctor
 
 # A fresh .venv with torch pinned first (the local CPU build), then dctkd and extras under the same constraints,
 # so pip can never replace torch or pull an unpinned torchvision. `make install` (and so `make test`) installs
@@ -44,8 +44,12 @@ sync: $(STAMP)
 	  echo "review them (git diff), then commit notebooks, dctkd/ and README.md together"; exit 1; fi; \
 	echo "notebooks, library and README in sync"
 
+# Two pytest-xdist workers (`-n 2`, one per core of a 2-core machine); `--dist loadgroup` keeps the tests marked with one
+# xdist_group on one worker (tests/conftest.py: the docs-site tests beside the notebooks whose outputs they reuse).
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: sync
-	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -p no:cacheprovider --durations=15
+	@MPLBACKEND=Agg $(BIN)/python -m pytest tests -n $(TEST_WORKERS) --dist loadgroup -p no:cacheprovider --durations=15
 
 # The quickstart: toy scenes, a teacher, a baseline, a DCT and a DCT + KD student, evaluated, with attention
 # maps and spectra; the executed notebook and its HTML go to a new runs/demo/<date-time>/ folder.
@@ -69,18 +73,28 @@ docs: $(STAMP)
 # into the guide's generated cells (only those). BENCH_<name> are CPU-sized settings for a 2-core machine; empty them
 # on a GPU machine for the scripts' full-size defaults (`make bench BENCH_dct= BENCH_data= BENCH_train_e2e=`);
 # BENCH_ALL goes to every script (e.g. `BENCH_ALL='--threads 1'` on a machine busy with other jobs).
-BENCH := dct train data train_e2e
+BENCH := dct train data train_e2e switches split
 BENCH_dct ?= --batch 32
 BENCH_train ?=
+BENCH_switches ?=
+BENCH_split ?= --rounds 2
 BENCH_data ?= --n 1000
 BENCH_train_e2e ?= --n 160 --size 64 --batch 32 --epochs 2 --workers 0
 BENCH_ALL ?=
 bench: $(STAMP)
 	@for b in $(BENCH); do \
 	  case $$b in dct) args="$(BENCH_dct)";; train) args="$(BENCH_train)";; data) args="$(BENCH_data)";; \
-	    train_e2e) args="$(BENCH_train_e2e)";; esac; \
+	    train_e2e) args="$(BENCH_train_e2e)";; switches) args="$(BENCH_switches)";; split) args="$(BENCH_split)";; esac; \
 	  echo; $(BIN)/python benchmarks/$$b.py --out benchmarks/results $$args $(BENCH_ALL) || exit 1; done
 	@$(BIN)/python benchmarks/guide.py && $(BIN)/nbdev_clean --fname nbs/guides/benchmarks.ipynb
+
+# Every device path checked and timed, in at most 5 minutes on one GPU (small sizes on CPU, CUDA checks skipped): the
+# environment, training steps under fp32 / bf16 + channels_last (± torch.compile) / fp16 + GradScaler against fp32, the
+# decode cache, DDP (NCCL). The report goes to DOCTOR_OUT; exit status 1 when a check failed. DOCTOR_ARGS e.g. --skip compile.
+DOCTOR_OUT ?= doctor.md
+DOCTOR_ARGS ?=
+doctor: $(STAMP)
+	@$(BIN)/dctkd_doctor --out $(DOCTOR_OUT) $(DOCTOR_ARGS)
 
 clean:
 	rm -rf _proc _docs .pytest_cache

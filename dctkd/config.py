@@ -73,6 +73,9 @@ class TrainConfig:
     compile: bool = False         # torch.compile the student
     sync_bn: str = 'auto'         # BatchNorm statistics over all processes: 'auto' (with >1 process), 'on' or 'off'
     max_batches: int = 0          # stop each epoch after this many batches (0: all); for smoke tests
+    val_every: int = 1            # validate every k epochs (the last epoch always); the epochs between log no val_* values
+    log_gnorm: int = 0            # every k-th batch, the gradient norm each loss term puts on the student (0: off; costs one extra backward per term)
+    teacher_cache: bool = False   # keep the teacher's outputs per training image after its first epoch (needs augment=false; exact)
     progress: bool = True         # progress bars, with the running loss (one log line per epoch is always printed)
     tensorboard: str = 'auto'     # TensorBoard logs in the run folder: 'auto' (when installed), 'on' (needs `pip install 'dctkd[tensorboard]'`) or 'off'
 
@@ -182,7 +185,8 @@ def check_config(cfg:TrainConfig):
     for k, ok, want in [('lr', cfg.lr > 0, '> 0'), ('lr_gamma', 0 < cfg.lr_gamma <= 1, 'in (0, 1]: the factor the LR is multiplied by every lr_step epochs'),
                         ('momentum', 0 <= cfg.momentum < 1, 'in [0, 1)'), ('weight_decay', cfg.weight_decay >= 0, '≥ 0'),
                         ('T', cfg.T > 0, '> 0'), ('max_batches', cfg.max_batches >= 0, '≥ 0 (0: every batch)'),
-                        ('workers', cfg.workers >= -1, '≥ 0, or -1 for automatic'), ('seed', cfg.seed >= 0, '≥ 0')]:
+                        ('workers', cfg.workers >= -1, '≥ 0, or -1 for automatic'), ('seed', cfg.seed >= 0, '≥ 0'),
+                        ('val_every', cfg.val_every >= 1, '≥ 1 (1: every epoch)'), ('log_gnorm', cfg.log_gnorm >= 0, '≥ 0 (0: off)')]:
         if not (ok and math.isfinite(getattr(cfg, k))): raise ValueError(f"config {k}={getattr(cfg, k)}: must be {want}")
     milestones(cfg)                                      # raises, naming lr_milestones, when it is not increasing epochs
     for k in ('alpha', 'beta', 'delta'):
@@ -198,6 +202,9 @@ def check_config(cfg:TrainConfig):
     if cfg.amp not in ('auto', 'bf16', 'fp16', 'off'): raise ValueError(f"config amp={cfg.amp!r}: 'auto', 'bf16', 'fp16' or 'off'")
     if cfg.channels_last not in ('auto', 'on', 'off'): raise ValueError(f"config channels_last={cfg.channels_last!r}: 'auto', 'on' or 'off'")
     if cfg.sync_bn not in ('auto', 'on', 'off'): raise ValueError(f"config sync_bn={cfg.sync_bn!r}: 'auto', 'on' or 'off'")
+    if cfg.teacher_cache and (cfg.augment or not cfg.teacher):
+        raise ValueError("config teacher_cache=true needs augment=false and a teacher: with augmentation the teacher sees a new crop "
+                         "of each image every epoch, so its outputs cannot be reused")
     if cfg.name: check_name(cfg.name, 'config name')
 
 # %% ../nbs/11_config.ipynb #2060816c
@@ -228,7 +235,8 @@ def given_keys(preset:str=None, # a name from PRESETS, or None
     return {**(PRESETS[preset] if preset else {}), **overrides}
 
 # %% ../nbs/11_config.ipynb #3995e783
-RESUMABLE = ('epochs', 'lr_step', 'lr_milestones', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard')
+RESUMABLE = ('epochs', 'lr_step', 'lr_milestones', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard',
+             'val_every', 'log_gnorm', 'teacher_cache')
 
 def resume_config(saved:dict,  # the run's config.json
                   given:dict,  # the keys asked for now (typed or strings), e.g. {'epochs': 6}

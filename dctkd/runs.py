@@ -4,12 +4,12 @@
 
 # %% auto #0
 __all__ = ['TMP_SUFFIX', 'CONFIG', 'RESUMES', 'METRICS', 'SUMMARY', 'SUMMARY_MD', 'CURVES', 'LOCK', 'LATEST', 'BEST',
-           'TENSORBOARD', 'PATH_KEYS', 'RESUME_ONLY', 'umask', 'atomic_write', 'atomic_text', 'atomic_save',
+           'TENSORBOARD', 'PATH_KEYS', 'RESUME_ONLY', 'EXECUTED', 'umask', 'atomic_write', 'atomic_text', 'atomic_save',
            'clean_temp', 'config_for_run', 'config_from_run', 'claim', 'publish_dir', 'runs_dir', 'new_run_dir',
            'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'versions', 'checkpoint_path',
            'read_checkpoint', 'load_student', 'load_teacher', 'save_model', 'write_metrics', 'read_metrics',
            'write_summary', 'plot_curves', 'read_config', 'finished_epochs', 'is_complete', 'find_runs', 'save_epoch',
-           'resume_state', 'record_resume']
+           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook']
 
 # %% ../nbs/13_runs.ipynb #6dc1982f
 import dataclasses
@@ -283,7 +283,7 @@ def read_metrics(run) -> dict:
 def write_summary(run, history:list, cfg:TrainConfig):
     "summary.json and summary.md: best (by val top-1) and last epoch, and the curves figure."
     run = Path(run)
-    best, last = max(history, key=lambda r: r['val_top1']), history[-1]
+    best, last = max((r for r in history if 'val_top1' in r), key=lambda r: r['val_top1']), history[-1]   # validated epochs (val_every)
     s = {'run': str(run), 'arch': cfg.arch, 'method': cfg.method, 'dataset': cfg.dataset, 'teacher': cfg.teacher,
          'epochs': len(history), 'best': best, 'last': last, 'versions': versions()}
     cols = ['val_top1', 'val_top5', 'val_mca_present', 'val_mca_all']
@@ -304,8 +304,9 @@ def plot_curves(history:list, path=None):
     a, b = fig.subplots(1, 2)
     for k in history[0]:
         if k.startswith('train_'): a.plot(ep, [r[k] for r in history], label=k[6:])
-    a.plot(ep, [r['val_loss'] for r in history], 'k--', label='val CE'); a.set_xlabel('epoch'); a.set_yscale('log'); a.legend(fontsize=7)
-    for k in ('val_top1', 'val_top5', 'val_mca_present'): b.plot(ep, [r[k] for r in history], label=k[4:])
+    val = [r for r in history if 'val_top1' in r]                # epochs validated (all, unless val_every > 1)
+    a.plot([r['epoch'] for r in val], [r['val_loss'] for r in val], 'k--', label='val CE'); a.set_xlabel('epoch'); a.set_yscale('log'); a.legend(fontsize=7)
+    for k in ('val_top1', 'val_top5', 'val_mca_present'): b.plot([r['epoch'] for r in val], [r[k] for r in val], label=k[4:])
     b.set_xlabel('epoch'); b.set_ylabel('%'); b.legend(fontsize=7)
     if path: fig.savefig(path, dpi=80)
     return fig
@@ -359,8 +360,8 @@ def resume_state(run) -> dict|None:
             ck['best_top1'] = -1.0
             write_metrics(run, ck['history'])
             return ck
-        best_epoch = max(range(len(ck['history'])), key=lambda i: ck['history'][i]['val_top1'])
-        if b['epoch'] != best_epoch and b['epoch'] <= ck['epoch']:
+        best_epoch = max((i for i, r in enumerate(ck['history']) if 'val_top1' in r), key=lambda i: ck['history'][i]['val_top1'], default=-1)
+        if best_epoch >= 0 and b['epoch'] != best_epoch and b['epoch'] <= ck['epoch']:
             raise RuntimeError(f"{run}: {BEST} holds epoch {b['epoch'] + 1} but the history in {LATEST} says the best epoch is "
                                f"{best_epoch + 1}; the run folder was changed by hand; start a new run")
     write_metrics(run, ck['history'])
@@ -374,3 +375,21 @@ def record_resume(run, cfg:TrainConfig, epoch:int, changed:dict):
     log.append({'at_epoch': epoch + 1, 'changed': changed, 'time': datetime.datetime.now().isoformat(timespec='seconds')})
     atomic_text(run / RESUMES, json.dumps(log, indent=2))
     atomic_text(run / CONFIG, json.dumps(config_for_run(dataclasses.asdict(cfg), run), indent=2))
+
+# %% ../nbs/13_runs.ipynb #167ca73d
+EXECUTED = 'train.ipynb'   # the executed train notebook a sweep keeps in a run folder
+
+def run_folder(cfg:TrainConfig) -> Path:
+    "The run folder of a config that names its run: `runs_dir(cfg) / cfg.name`."
+    if not cfg.name: raise ValueError("run_folder: the config names no run (name=...); new_run_dir picks a fresh name")
+    return runs_dir(cfg) / cfg.name
+
+def run_folder_of(path) -> Path:
+    "The run folder of a run folder or of a checkpoint inside one (`RUN/checkpoints/best.pt` -> `RUN`); any other path unchanged."
+    p = Path(path)
+    return p.parent.parent if p.suffix == '.pt' and p.parent.name == LATEST.parent.name else p
+
+def executing_notebook(folder) -> Path:
+    "Where a sweep's train notebook is written while run `folder` trains: beside it, hidden (`.NAME.train.ipynb`)."
+    folder = Path(folder)
+    return folder.parent / f'.{folder.name}.{EXECUTED}'

@@ -35,7 +35,7 @@ from .evaluate import confusion_figure, per_class_figure
 from .losses import VARIANTS, attention_spectrum, dct_loss, dct_stage_distances
 from .models import TappedModel, build_model
 from .config import open_split
-from .runs import load_student, publish_dir, read_checkpoint, read_metrics
+from .runs import load_student, publish_dir, read_checkpoint, read_metrics, run_folder_of
 
 # %% ../nbs/16_viz.ipynb #01c257ad
 @dataclass
@@ -54,7 +54,8 @@ def _run_name(p:Path) -> str:
     "The run folder's name for a run folder or a checkpoint inside one."
     p = Path(p)
     if p.is_dir(): return p.name
-    return p.parent.parent.name if p.parent.name == 'checkpoints' else p.stem
+    f = run_folder_of(p)
+    return f.name if f != p else p.stem
 
 def load_model(spec,              # run folder, checkpoint file, architecture name, or a `LoadedModel` (returned as is)
                num_classes:int=4, # classifier width of an untrained network
@@ -182,7 +183,8 @@ def extract_attention(run,                  # a run folder (or a checkpoint insi
     if not idx: raise ValueError(f"extract_attention: nothing to extract (n={n}, {len(ds)} images in {split})")
     bad = [i for i in idx if not 0 <= i < len(ds)]
     if bad: raise IndexError(f"extract_attention: indices {bad[:5]} are outside the {len(ds)} images of {split}")
-    run_dir = Path(m.source) if Path(m.source).is_dir() else Path(m.source).parent.parent
+    run_dir = run_folder_of(m.source)                  # a run folder, or the one of its checkpoint
+    run_dir = run_dir if run_dir.is_dir() else run_dir.parent
     parent = Path(out) if out is not None else run_dir / 'attention'
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix='.tmp-', dir=parent))

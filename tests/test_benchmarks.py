@@ -15,7 +15,7 @@ BENCH = ROOT / 'benchmarks'
 sys.path.insert(0, str(BENCH))
 from guide import MARK, cell_text, generated_cells, rewrite  # noqa: E402
 
-SCRIPTS = ['dct', 'train', 'data', 'train_e2e']
+SCRIPTS = ['dct', 'train', 'data', 'train_e2e', 'switches', 'split']
 MEDIAN_RANGE = re.compile(r'-?\d+(\.\d+)? \[-?\d+(\.\d+)?–-?\d+(\.\d+)?\]')
 
 

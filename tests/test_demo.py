@@ -1,14 +1,13 @@
-"""`make demo`'s job: papermill executes the core notebooks with the project's own kernel, on any machine."""
+"""`make demo`'s job: papermill executes a notebook with the project's own kernel and Jupyter's inline figures, on any machine.
+One notebook proves the wiring; every notebook's own cells already run in tests/test_notebooks.py."""
 import json
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize('name', ['00_dct', '01_attention', '02_losses'])
-def test_papermill_runs_core_notebook(tmp_path, monkeypatch, name):
+def test_papermill_runs_a_core_notebook_with_inline_figures(tmp_path, monkeypatch):
+    name = '00_dct'
     import papermill as pm
     monkeypatch.delenv('MPLBACKEND', raising=False)   # the kernel must get Jupyter's inline backend
     out = tmp_path / f'{name}.ipynb'
@@ -16,5 +15,4 @@ def test_papermill_runs_core_notebook(tmp_path, monkeypatch, name):
                         cwd=str(ROOT / 'nbs'), progress_bar=False)
     cells = json.loads(out.read_text())['cells']
     assert not any(o.get('output_type') == 'error' for c in cells for o in c.get('outputs', []))
-    if name == '00_dct':   # the figures were drawn
-        assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 2
+    assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 2

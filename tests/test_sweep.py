@@ -1,15 +1,14 @@
 """Sweeps and reports: the train / evaluate / report notebooks through papermill, a resumable sweep with a failing run,
-aggregation on known numbers, and parameter checks. Tiny settings (32 px, 1 epoch, 1 batch) so it runs in about a minute."""
+a papermill run killed with SIGTERM, and parameter checks (plan checks and aggregation on known numbers: nbs/17a, 17c). Tiny settings (32 px, 1 epoch, 1 batch) so it runs in about a minute."""
 import json
-import math
 from pathlib import Path
 
 import pytest
 
 from dctkd import distillers
 from dctkd.data.toy import make_toy_scenes
-from dctkd.runs import is_complete
-from dctkd.sweep import PlanError, aggregate, load_plan, mean_std, report_csv, report_markdown, run_sweep, sweep_cli, write_report
+from dctkd.runs import executing_notebook, is_complete
+from dctkd.sweep import load_plan, run_sweep, sweep_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 EXP = ROOT / 'nbs' / 'experiments'
@@ -67,7 +66,7 @@ def test_train_evaluate_report_notebooks(toy, tmp_path, kernel_env):
     assert sum('image/png' in o.get('data', {}) for c in cells for o in c.get('outputs', [])) >= 1
 
 
-def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env, monkeypatch):
+def test_sweep_records_failures_and_resumes(toy, tmp_path, kernel_env, monkeypatch, capsys):
     plan = tmp_path / 'plan.yaml'
     tiny = ', '.join(f'{k}: {v}' for k, v in TINY.items())
     plan.write_text(f"""
@@ -96,60 +95,9 @@ runs:
     assert 't/seed0: done, skipped' in log and 's/seed0: done, skipped' in log
     assert (s / 'summary.json').stat().st_mtime == mtime
     assert st2['jobs']['t-bad/seed0']['status'] == 'failed'
-    assert sweep_cli([str(plan), '--out', str(out), '--dry-run']) == 0
-
-
-def _fake(root, name, arch, method, teacher, best, last, seed):
-    f = Path(root) / name; f.mkdir(parents=True)
-    (f / 'config.json').write_text(json.dumps({'arch': arch, 'method': method, 'teacher': str(teacher) if teacher else '',
-                                               'dataset': 'mit67', 'val_split': 'val', 'seed': seed}))
-    (f / 'summary.json').write_text(json.dumps({'epochs': 70, 'best': {'val_top1': best}, 'last': {'val_top1': last}}))
-    return f
-
-
-def test_aggregate_mean_and_sample_std(tmp_path):
-    t = {s: _fake(tmp_path, f't50-{s}', 'resnet50', 'none', None, 77 + s, 76 + s, s) for s in range(3)}
-    for s, (b, l) in enumerate([(60, 58), (62, 59), (67, 63)]):
-        _fake(tmp_path, f'dct-{s}', 'resnet18', 'dct', t[s], b, l, s)
-        _fake(tmp_path, f'mbv2-{s}', 'mobilenet_v2', 'kd', t[s], 50, 40 + 2 * s, s)
-        _fake(tmp_path, f'r18-{s}', 'resnet18', 'none', None, 49, 48, s)
-    agg = aggregate(tmp_path, expected={'dct': {'T R50 → S R18': 56.32}})
-    assert agg['columns'] == ['T R50 → S R18', 'T R50 → S MobileNetV2']
-    assert agg['rows'] == ['teacher', 'none', 'dct', 'kd']
-    m, sd, n = agg['cells'][('dct', 'T R50 → S R18')]['best']
-    assert n == 3 and m == pytest.approx(63.0) and sd == pytest.approx(math.sqrt(13.0))   # sample std, ddof=1: (9+1+16)/2
-    m, sd, n = agg['cells'][('dct', 'T R50 → S R18')]['last']
-    assert m == pytest.approx(60.0) and sd == pytest.approx(math.sqrt(7.0))                 # (4+1+9)/2
-    assert agg['cells'][('teacher', 'T R50 → S MobileNetV2')]['best'][:2] == pytest.approx((78.0, 1.0))
-    assert agg['cells'][('none', 'T R50 → S MobileNetV2')]['best'][2] == 0                # no MobileNetV2 baseline
-    md = report_markdown(agg)
-    assert '| DCT (Ours) | 63.00 ± 3.61 (paper 56.32) | — |' in md and '**last epoch**' in md and 'ddof=1' in md
-    assert 'beyond the paper' not in md
-    _fake(tmp_path, 'rev-0', 'resnet18', 'reviewkd', t[0], 61, 60, 0)        # not one of the paper's methods: a table apart
-    md = report_markdown(aggregate(tmp_path), which=('last',))
-    paper, beyond = md.split('**beyond the paper, last epoch**')
-    assert '| DCT (Ours) |' in paper and '| ReviewKD |' not in paper and '| ReviewKD | 60.00 | — |' in beyond
-    assert 'dct,"DCT (Ours)","T R50 → S R18",63.0000,3.6056,3,60.0000,2.6458,3,56.32' in report_csv(agg)
-    assert mean_std([5.0])[2] == 1 and math.isnan(mean_std([5.0])[1])
-    paths = write_report(agg, tmp_path / 'rep')
-    assert all(p.exists() for p in paths.values())
-
-
-def _plan_error(tmp_path, text):
-    p = tmp_path / 'p.yaml'; p.write_text(text)
-    with pytest.raises(PlanError) as e: load_plan(p)
-    return str(e.value)
-
-
-def test_plan_validation(tmp_path):
-    head = "seeds: [0]\ndefaults: {dataset: toy}\nruns:\n  - {name: t, arch: resnet34}\n"
-    assert "runs[1] ('s'): unknown method 'dtc'" in _plan_error(tmp_path, head + "  - {name: s, method: dtc, teacher: t}\n")
-    assert "teacher 'nope' is not the name of a run listed above" in _plan_error(tmp_path, head + "  - {name: s, method: dct, teacher: nope}\n")
-    assert "method 'dct' needs a teacher" in _plan_error(tmp_path, head + "  - {name: s, method: dct}\n")
-    assert "unknown key(s) ['lr_rate']" in _plan_error(tmp_path, head + "  - {name: s, lr_rate: 0.1}\n")
-    assert "epochs" in _plan_error(tmp_path, head + "  - {name: s, epochs: ten}\n")
-    assert "duplicate name 't'" in _plan_error(tmp_path, head + "  - {name: t}\n")
-    assert "seeds" in _plan_error(tmp_path, "seeds: zero\n" + head[11:])
+    with pytest.raises(SystemExit) as e:                     # a dry run puts every job not done through dctkd.check
+        sweep_cli([str(plan), '--out', str(out), '--dry-run'])
+    assert e.value.code == 2 and 't-bad/seed0: config pretrained=' in capsys.readouterr().err
 
 
 def test_shipped_plans_are_valid():
@@ -185,3 +133,23 @@ def test_train_notebook_rejects_an_undeclared_parameter(tmp_path, kernel_env):
     with pytest.raises(pm.PapermillExecutionError) as e:
         _pm('train.ipynb', tmp_path / 'bad.ipynb', epoch=3, config=dict(dataset='toy', out=str(tmp_path / 'runs')))
     assert "unknown parameter(s) ['epoch']" in str(e.value) and not (tmp_path / 'runs').exists()
+
+
+def test_a_papermill_run_killed_with_sigterm_leaves_no_hidden_notebook(tmp_path, kernel_env):
+    "What a worker gets when its driver dies: the executed notebook is moved in or removed, never left as .NAME.train.ipynb."
+    import signal, subprocess, sys, time
+    nb = tmp_path / 'slow.ipynb'
+    cell = lambda src, tags=(): {'cell_type': 'code', 'metadata': {'tags': list(tags)}, 'source': src, 'outputs': [], 'execution_count': None}
+    nb.write_text(json.dumps({'cells': [cell('preset = config = None', ['parameters']), cell('import time; time.sleep(300)')],
+                              'metadata': {'kernelspec': {'name': 'python3', 'display_name': 'python3', 'language': 'python'}},
+                              'nbformat': 4, 'nbformat_minor': 5}))
+    folder = tmp_path / 'runs' / 'r-s0'
+    code = f"from dctkd.executors import _train_papermill; _train_papermill('', {{}}, {str(folder)!r}, {str(nb)!r})"
+    p = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    hidden = executing_notebook(folder)
+    t0 = time.time()
+    while not hidden.exists() and time.time() - t0 < 120 and p.poll() is None: time.sleep(0.1)
+    assert hidden.exists(), 'papermill never wrote the executed notebook'
+    time.sleep(1)                                            # the kernel runs the sleeping cell
+    p.send_signal(signal.SIGTERM); p.wait(timeout=120)
+    assert p.returncode != 0 and list((tmp_path / 'runs').iterdir()) == []

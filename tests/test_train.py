@@ -170,8 +170,9 @@ def test_bad_overrides():
         make_config(method='dtc')
 
 
-def _torchrun(args, port, timeout=600):
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', *args]
+def _torchrun(args, timeout=600):
+    "Two ranks under torchrun; `--standalone` picks a free port, so runs beside other tests (pytest-xdist, other checkouts) never collide."
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 
@@ -179,7 +180,7 @@ def test_sync_batchnorm_in_two_processes_gives_the_one_process_gradients(tmp_pat
     import torch.nn.functional as F
     sys.path.insert(0, str(Path(__file__).parent))
     import ddp_sync_bn as W
-    r = _torchrun([str(Path(__file__).parent / 'ddp_sync_bn.py'), str(tmp_path / 'out.pt')], 29531)
+    r = _torchrun([str(Path(__file__).parent / 'ddp_sync_bn.py'), str(tmp_path / 'out.pt')])
     assert r.returncode == 0, r.stderr[-3000:]
     got = torch.load(tmp_path / 'out.pt')
     x, y = W.batch()
@@ -203,11 +204,11 @@ def test_two_process_gloo_run_matches_one_process_and_writes_one_folder(toy, tea
     common = ['dataset=toy', f'root={toy}', 'epochs=1', 'image_size=32', 'resize=36', 'batch_size=48', 'lr=0.01',
               'workers=0', 'progress=false', 'augment=false', 'method=dct', f'teacher={teacher_run}', 'hparams={"stages": [0, 1, 2]}']
     train = ['--no-python', str(Path(sys.executable).parent / 'dctkd_train'), *common]
-    r = _torchrun([*train, f'out={tmp_path / "ddp"}', 'name=ddp'], 29533)
+    r = _torchrun([*train, f'out={tmp_path / "ddp"}', 'name=ddp'])
     assert r.returncode == 0, r.stderr[-3000:]
     runs = list((tmp_path / 'ddp' / 'toy-scenes').iterdir())
     assert [p.name for p in runs] == ['ddp']                       # only rank 0 writes
-    r = _torchrun([*train, f'out={tmp_path / "plain"}', 'name=plain', 'sync_bn=off'], 29534)   # per-process statistics
+    r = _torchrun([*train, f'out={tmp_path / "plain"}', 'name=plain', 'sync_bn=off'])   # per-process statistics
     assert r.returncode == 0, r.stderr[-3000:]
     one = fit(make_config(**dict(a.split('=', 1) for a in common), out=str(tmp_path / 'one'), name='one'))
     (two,), (ref,), (plain,) = _rows(runs[0]), _rows(one), _rows(tmp_path / 'plain' / 'toy-scenes' / 'plain')
@@ -227,7 +228,7 @@ def test_two_process_gloo_run_matches_one_process_and_writes_one_folder(toy, tea
 
 def test_two_process_run_needs_a_batch_that_splits_evenly(toy, tmp_path):
     r = _torchrun(['--no-python', str(Path(sys.executable).parent / 'dctkd_train'), 'dataset=toy', f'root={toy}', 'epochs=1',
-                   'image_size=32', 'batch_size=15', 'workers=0', 'progress=false', f'out={tmp_path}'], 29535, timeout=300)
+                   'image_size=32', 'batch_size=15', 'workers=0', 'progress=false', f'out={tmp_path}'], timeout=300)
     assert r.returncode != 0
     assert 'batch_size=15 is the global batch, split over 2 processes; make it a multiple of 2' in r.stderr
     assert not list(tmp_path.rglob('config.json'))
