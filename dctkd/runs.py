@@ -9,7 +9,7 @@ __all__ = ['TMP_SUFFIX', 'CONFIG', 'RESUMES', 'METRICS', 'SUMMARY', 'SUMMARY_MD'
            'RunBusy', 'folder_lock', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'versions', 'checkpoint_path',
            'read_checkpoint', 'load_student', 'load_teacher', 'save_model', 'write_metrics', 'read_metrics',
            'write_summary', 'plot_curves', 'read_config', 'finished_epochs', 'is_complete', 'find_runs', 'save_epoch',
-           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook']
+           'resume_state', 'record_resume', 'run_folder', 'run_folder_of', 'executing_notebook', 'new_eval_files']
 
 # %% ../nbs/13_runs.ipynb #6dc1982f
 import dataclasses
@@ -215,8 +215,10 @@ def read_checkpoint(path,             # a checkpoint file, or a run folder (its 
     try: ck = torch.load(p, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         if not _unsafe(p, e):
-            raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint (truncated, overwritten or never one; "
-                                         f"{str(e).splitlines()[-1].strip() or type(e).__name__}); use another checkpoint, or retrain") from None
+            why = next((l.strip() for l in str(e).splitlines() if l.strip().startswith(('Unsupported', 'invalid load key', 'unpickling stack'))),
+                       'bytes no unpickler reads')
+            raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint (truncated, overwritten or never one; {why}); "
+                                         "use another checkpoint, or retrain") from None
         if not trust:
             why = next((l.strip() for l in str(e).splitlines() if 'GLOBAL' in l or 'Unsupported' in l), str(e).splitlines()[0])
             raise UnsafeCheckpointError(
@@ -337,14 +339,32 @@ def find_runs(root) -> list:
     return out
 
 # %% ../nbs/13_runs.ipynb #38a189d0
-RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'rng')   # checkpoint entries only a resume reads: latest.pt keeps them, best.pt not
+RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'rng')   # checkpoint entries only a resume reads: latest.pt keeps them
+
+def _link(src:Path):
+    "A `write` for `atomic_write` that makes the temporary file a hard link of `src` (a copy where links are not supported)."
+    def write(tmp):
+        os.remove(tmp)
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)
+    return write
+
+def _same(a:Path, b:Path) -> bool:
+    try: return a.samefile(b)
+    except OSError: return False
 
 def save_epoch(run, ck:dict, improved:bool):
-    "Commit a finished epoch: best.pt (if `improved`; without `RESUME_ONLY` state), then latest.pt, then metrics.csv from its history."
+    "Commit a finished epoch: best.pt and latest.pt (one file when the epoch improved), then metrics.csv from its history."
     run = Path(run)
     ck = {**ck, 'config': config_for_run(ck['config'], run)} if isinstance(ck.get('config'), dict) else ck
-    if improved: atomic_save({k: v for k, v in ck.items() if k not in RESUME_ONLY}, run / BEST)
-    atomic_save(ck, run / LATEST)
+    if improved:
+        atomic_save(ck, run / BEST)
+        atomic_write(run / LATEST, _link(run / BEST))     # one write of the checkpoint, two names: no disk for a second copy
+    else:
+        if _same(run / BEST, run / LATEST):               # best.pt stops being latest.pt: it keeps the weights, not the optimiser
+            old = torch.load(run / BEST, map_location='cpu', weights_only=True)
+            atomic_save({k: v for k, v in old.items() if k not in RESUME_ONLY}, run / BEST)
+        atomic_save(ck, run / LATEST)
     write_metrics(run, ck['history'])
 
 def resume_state(run) -> dict|None:
@@ -393,3 +413,13 @@ def executing_notebook(folder) -> Path:
     "Where a sweep's train notebook is written while run `folder` trains: beside it, hidden (`.NAME.train.ipynb`)."
     folder = Path(folder)
     return folder.parent / f'.{folder.name}.{EXECUTED}'
+
+def new_eval_files(run,                # the run folder
+                   split:str,          # the evaluated split
+                   which:str,          # 'best' or 'last'
+                   ten_crop:bool=False,
+                  ) -> dict:
+    "Fresh names for one evaluation's files in `run`: {'json', 'md', 'png'}; the .json is claimed at once, so two evaluations never share them."
+    base = f"eval-{split}-{which}{'-tencrop' if ten_crop else ''}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    stem = claim(run, base, lambda p: open(p.with_name(p.name + '.json'), 'x').close()).name   # base, base-2, ...: the .json decides
+    return {'json': Path(run) / f'{stem}.json', 'md': Path(run) / f'{stem}.md', 'png': Path(run) / f'{stem}-confusion.png'}

@@ -1287,28 +1287,24 @@ def test_check_pair_asks_every_method_including_reviewkd():
         check_pair(build_model('resnet18', 10), build_model('resnet50', 10, taps=['layer1', 'fc:in']), 64)
 
 
-def test_a_registered_class_appears_everywhere_and_unregister_removes_it():
+def test_a_registered_class_takes_its_place_and_unregister_removes_every_trace():
+    "What the new-method guide (nbs/guides/new_method.ipynb) does not show: the order it declares places it (and its '+kd')\n    among the others, a second class of the same name is refused, and after `unregister` nothing of it is left."
     @register
     class Cos(Distiller):
-        "Cosine distance of the pooled vectors (through a projection)."
+        "Cosine distance of the pooled vectors."
         name, title, order = 'test-cos', 'Cos (test)', 61
         @classmethod
         def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes): return 'as is (test)'
-        def __init__(self, student_shapes, teacher_shapes, num_train=None, *, width=None, **kw):
-            super().__init__(student_shapes, teacher_shapes, num_train, **kw)
-            self.proj = torch.nn.Linear(student_shapes[-1][0], teacher_shapes[-1][0])
         def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
-            return (1 - F.cosine_similarity(self.proj(s_feats[-1]), t_feats[-1].detach(), dim=1)).mean()
+            return (1 - F.cosine_similarity(s_feats[-1], t_feats[-1].detach(), dim=1)).mean()
     try:
-        assert names()[-2:] == ['test-cos', 'test-cos+kd']
         assert method('test-cos') == MethodInfo('test-cos', 'Cos (test)', 61, True, False, False, Cos)
         assert (method('test-cos+kd').title, method('test-cos+kd').order) == ('Cos (test) + KD', PLUS_KD_ORDER + 61)
         order = sorted(names(), key=lambda n: method(n).order)
-        assert order.index('test-cos') == order.index('reviewkd') + 1 and order.index('test-cos+kd') == order.index('reviewkd+kd') + 1
+        before = max((n for n in names() if method(n).order < 61), key=lambda n: method(n).order)
+        assert order.index('test-cos') == order.index(before) + 1
         r = check_pair(build_model('resnet18', NC), build_model('resnet18', NC), 32)
-        assert r.methods['test-cos'] == 'as is (test)' and list(r.methods).index('test-cos') == list(r.methods).index('reviewkd') + 1
-        terms = build('test-cos+kd', S_SHAPES, T_SHAPES, 32)(_make(S_SHAPES, 0), _make(T_SHAPES, 1), torch.tensor([0, 1, 2, 3]))
-        assert set(terms) == {'ce', 'test-cos', 'kd'} and all(torch.isfinite(v) for v in terms.values())
+        assert r.methods['test-cos'] == 'as is (test)' and list(r.methods).index('test-cos') == list(r.methods).index(before) + 1
         with pytest.raises(ValueError, match='taken'): register(Cos)
     finally:
         assert unregister('test-cos') is Cos
