@@ -169,10 +169,14 @@ def check_stages(cfg:TrainConfig,        # the run
         t = [x[1:] for x in tap_shapes(teacher, cfg.image_size)] if teacher is not None else None
     except RuntimeError as e:
         raise UsageError(f"config image_size={cfg.image_size}: too small for arch={cfg.arch!r} ({str(e).splitlines()[0]})") from None
+    except ValueError as e:                                       # e.g. the CIFAR nets, 32-px nets
+        raise UsageError(f"config image_size={cfg.image_size} with arch={cfg.arch!r}: {e}") from None
     if t is not None and len(t) != len(s):
         raise UsageError(f"config teacher={cfg.teacher!r} has {len(t)} taps ({teacher.taps}) and the student {len(s)} ({student.taps}); "
                          "give the student as many taps (config key taps) as the teacher")
-    hp = method_hparams(cfg)
+    try: defaults = distillers.method(cfg.method).cls.default_stages(s, t) if t is not None else {}
+    except ValueError: defaults = {}                              # no spatial taps: nothing the method would distil
+    hp = {**defaults, **method_hparams(cfg)}                      # the stages the method picks itself, unless the run names them
     stages = [i for i in _distilled(hp) if i < len(s) and len(s[i]) == 3] if t is not None else []
     rows = [(i, tap, s[i], t[i] if t is not None else None, i in stages) for i, tap in enumerate(student.taps)]
     dead = _constant_stages(cfg.method, hp, s, t, n_classes, stages) if stages else []
