@@ -21,7 +21,7 @@ import torch
 from . import distillers
 from .config import TOY_ROOT, TrainConfig, given_keys, make_config, method_hparams, open_split, resume_config
 from .data.toy import TOY_CLASSES
-from .models import TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
+from .models import CIFAR_ARCHS, TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
 
 # %% ../nbs/14a_check.ipynb #d56e7a88
@@ -105,7 +105,7 @@ def tapped(arch:str,     # a torchvision classification architecture
           ) -> TappedModel:
     "`arch` with `taps`, on the meta device where it can be (shapes only); a UsageError naming an unknown architecture or tap."
     import torchvision
-    known = torchvision.models.list_models(module=torchvision.models)
+    known = torchvision.models.list_models(module=torchvision.models) + list(CIFAR_ARCHS)   # and the original's CIFAR nets
     if arch not in known:
         close = difflib.get_close_matches(arch, known, n=3)
         raise UsageError(f"config {what}={arch!r}: unknown architecture" + (f"; did you mean {close}?" if close else "; see torchvision.models.list_models()"))
