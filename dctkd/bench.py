@@ -668,7 +668,7 @@ def bench_section(results='benchmarks/results', # the committed results folder
     S = bench_summary(rows)
     teacher = next(d for d in S if d['role'] == 'teacher')
     base = next(d for d in S if d['role'] == 'student' and d['method'] == 'none')
-    n_val = int(re.search(r"Each accuracy is measured on (\d+) held-out images", md).group(1))
+    n_val = int(re.search(r"\((\d+) held-out images\)", md).group(1))
     pw = design_power(S, n_val)
     seeds = sorted({r['seed'] for r in rows if r['role'] == 'student'})
     L = [heading, '',
@@ -682,8 +682,9 @@ def bench_section(results='benchmarks/results', # the committed results folder
          f"{_report_line(md, 'Budget')}; {_report_line(md, 'Load')}.", '',
          *([f"*Note:* {_report_line(md, 'Note')}", ''] if _report_line(md, 'Note') else []),
          f"Teacher {_cell(teacher['last'])}, baseline {_cell(base['last'])} (top-1 %, last epoch, {n_val} held-out images). "
-         f"**Smallest effect this design detects: {pw['mde']:.1f} points** (5 % two-sided, {pw['power']:.0%} power; paired sd "
-         f"{pw['sd']:.2f} over {pw['n']} seeds; binomial SE of one run's accuracy {pw['binomial_se']:.2f}).", '',
+         + (f"**Smallest effect this design detects: {pw['mde']:.1f} points** (5 % two-sided, {pw['power']:.0%} power; paired sd "
+            f"{pw['sd']:.2f} over {pw['n']} seeds; binomial SE of one run's accuracy {pw['binomial_se']:.2f})." if pw else
+            "One seed per row: no interval, so no verdict."), '',
          '| Model | top-1, last epoch (%) | Δ vs baseline, paired [95 % CI] | verdict |', '|---|---:|---:|---|']
     for d in S:
         L.append(f"| {d['title']} | {_cell(d['last'])} | {_delta(d['paired'])} | {d['verdict']} |")
