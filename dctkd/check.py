@@ -6,7 +6,7 @@
 __all__ = ['STAGE_KEYS', 'SMALL_MAP', 'UsageError', 'resolve', 'check_device', 'check_tensorboard', 'toy_default', 'check_data',
            'tapped', 'check_teacher', 'check_stages', 'check_method', 'check_files', 'Checked', 'check', 'check_run']
 
-# %% ../nbs/14a_check.ipynb #63cd8e49
+# %% ../nbs/14a_check.ipynb #509561b5
 import dataclasses
 import difflib
 import importlib.util
@@ -24,7 +24,7 @@ from .data.toy import TOY_CLASSES
 from .models import TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
 
-# %% ../nbs/14a_check.ipynb #f2218a56
+# %% ../nbs/14a_check.ipynb #d56e7a88
 class UsageError(ValueError):
     "A mistake in what was asked (a key, value, file or folder); the message names it and the fix. Commands print it without a traceback."
 
@@ -53,7 +53,7 @@ def resolve(cfg:TrainConfig=None, # a whole config, or None
                          f"ask for epochs ≥ {done} to continue it (epochs={done} leaves it as it is), or start a new run")
     return dataclasses.replace(new, resume=resume), resume, changed
 
-# %% ../nbs/14a_check.ipynb #1c4624ed
+# %% ../nbs/14a_check.ipynb #742003ed
 def check_device(device:str) -> str:
     "`device` (a config's) when this machine has it ('' : cuda when available, else cpu); else a UsageError naming the key and value."
     if not device: return device
@@ -74,7 +74,7 @@ def check_tensorboard(mode:str):
     if mode == 'on' and importlib.util.find_spec('tensorboard') is None:
         raise UsageError("config tensorboard='on' needs the tensorboard package: pip install 'dctkd[tensorboard]' (or tensorboard=auto)")
 
-# %% ../nbs/14a_check.ipynb #0b730e5b
+# %% ../nbs/14a_check.ipynb #5670a52b
 def toy_default(cfg) -> bool:
     "Whether `cfg` (a toy run) reads the default toy root, where toy scenes may be generated on first use."
     return cfg.dataset == 'toy' and os.path.abspath(cfg.root or TOY_ROOT) == os.path.abspath(TOY_ROOT)
@@ -89,12 +89,16 @@ def check_data(cfg:TrainConfig) -> tuple:
             raise UsageError(f"config root={root!r}: {'no such folder' if not r.exists() else 'not a folder' if not r.is_dir() else 'the folder is empty'}"
                              f" (from {os.getcwd()}); toy scenes are generated only at the default root {TOY_ROOT} "
                              f"(leave root empty); to make them at {root}, run `dctkd_download toy {root}` first, or fix the path")
+        left = sorted(p.name for p in r.iterdir())
+        if all(n.startswith('.toy-') for n in left):     # what an older dctkd's interrupted generation left: not marked, so not ours to delete
+            raise UsageError(f"config root={root!r} holds only {left}, left by an interrupted toy-scene generation of an older dctkd "
+                             f"(unmarked, so dctkd does not delete it); remove {', '.join(str(r / n) for n in left)} by hand and run again")
     c = {**dataclasses.asdict(cfg), 'cache': False, 'skip_bad': False}         # the lists only: nothing decoded, nothing cached
     try: train, val = (open_split(c, s, 'eval', progress=False) for s in ('train', cfg.val_split))
     except (OSError, ValueError) as e: raise UsageError(f"config dataset={cfg.dataset!r} root={root!r}: {e}") from None
     return list(train.classes), len(train)
 
-# %% ../nbs/14a_check.ipynb #4e1c18ac
+# %% ../nbs/14a_check.ipynb #624a76b5
 def tapped(arch:str,     # a torchvision classification architecture
            taps=None,    # tap names; None or []: the architecture's defaults
            what:str='arch',
@@ -126,7 +130,7 @@ def check_teacher(teacher:str, # the config's teacher: a run folder or checkpoin
                          f"student's dataset has {len(classes)} ({list(classes)[:3]}...); train a teacher on this dataset")
     return tapped(ck['arch'], ck['taps'], 'teacher arch')
 
-# %% ../nbs/14a_check.ipynb #6c81ea10
+# %% ../nbs/14a_check.ipynb #703d99ac
 STAGE_KEYS = ('stages', 's_stages', 's_stage', 'stage')   # the hyper-parameters that name the student stages a method distils
 SMALL_MAP = 4                                    # distilled maps smaller than this (either side) are warned about
 
@@ -165,10 +169,14 @@ def check_stages(cfg:TrainConfig,        # the run
         t = [x[1:] for x in tap_shapes(teacher, cfg.image_size)] if teacher is not None else None
     except RuntimeError as e:
         raise UsageError(f"config image_size={cfg.image_size}: too small for arch={cfg.arch!r} ({str(e).splitlines()[0]})") from None
+    except ValueError as e:                                       # e.g. the CIFAR nets, 32-px nets
+        raise UsageError(f"config image_size={cfg.image_size} with arch={cfg.arch!r}: {e}") from None
     if t is not None and len(t) != len(s):
         raise UsageError(f"config teacher={cfg.teacher!r} has {len(t)} taps ({teacher.taps}) and the student {len(s)} ({student.taps}); "
                          "give the student as many taps (config key taps) as the teacher")
-    hp = method_hparams(cfg)
+    try: defaults = distillers.method(cfg.method).cls.default_stages(s, t) if t is not None else {}
+    except ValueError: defaults = {}                              # no spatial taps: nothing the method would distil
+    hp = {**defaults, **method_hparams(cfg)}                      # the stages the method picks itself, unless the run names them
     stages = [i for i in _distilled(hp) if i < len(s) and len(s[i]) == 3] if t is not None else []
     rows = [(i, tap, s[i], t[i] if t is not None else None, i in stages) for i, tap in enumerate(student.taps)]
     dead = _constant_stages(cfg.method, hp, s, t, n_classes, stages) if stages else []
@@ -186,7 +194,7 @@ def check_stages(cfg:TrainConfig,        # the run
              for i in stages if min(s[i][1:]) < SMALL_MAP]
     return rows, notes
 
-# %% ../nbs/14a_check.ipynb #40ae23cb
+# %% ../nbs/14a_check.ipynb #aa6fbba6
 def check_method(cfg:TrainConfig, # the run
                  n_taps:int,      # the student's taps
                 ):
@@ -219,7 +227,7 @@ def check_files(cfg:TrainConfig) -> list:
         raise UsageError(f"config out={cfg.out!r}: cannot create run folders there ({p} is {'not a folder' if not p.is_dir() else 'not writable'})")
     return notes
 
-# %% ../nbs/14a_check.ipynb #89567ef4
+# %% ../nbs/14a_check.ipynb #9837720c
 @dataclass
 class Checked:
     "A run that passed every check: what `fit` trains, and what `--dry-run` shows."

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields',
-           'make_config', 'parse_overrides', 'check_name', 'check_config', 'given_keys', 'resume_config', 'dataset_dir',
-           'first_per_class', 'open_split', 'method_hparams', 'check_params']
+           'make_config', 'parse_overrides', 'milestones', 'check_name', 'check_config', 'given_keys', 'resume_config',
+           'dataset_dir', 'first_per_class', 'open_split', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
 import ast
@@ -34,7 +34,7 @@ class TrainConfig:
     val_split: str = 'val'        # held-out split used for validation
     image_size: int = 224         # crop side
     resize: int = -1              # short side before cropping; -1: 256/224 × image_size
-    norm: str = 'imagenet'        # normalisation statistics: 'imagenet' or 'paper' (the original's)
+    norm: str = 'imagenet'        # normalisation statistics: 'imagenet', 'paper' (the original's) or 'cifar100'
     cache: bool = False           # decode images once into a memory-mapped cache
     augment: bool = True          # random crop + flip for training (False: the evaluation transform)
     train_per_class: int = 0      # labelled training images per class: the first n of each class, in file order (0: all)
@@ -60,6 +60,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_step: int = 25             # epochs between LR decays
+    lr_milestones: str = ''       # epochs at which the LR decays instead, comma-separated, e.g. '150,180,210'; '': every lr_step epochs
     lr_gamma: float = 0.1
     # run
     seed: int = 0
@@ -150,6 +151,15 @@ RECIPES = ('dctkd', 'faithful')
 MAX_IMAGE_SIZE = 2048          # the largest crop side a config may ask for (see below)
 _NAME = re.compile(r'[A-Za-z0-9][A-Za-z0-9._+-]*')
 
+def milestones(cfg) -> list:
+    "The epochs at which the LR decays by `lr_gamma` (`cfg.lr_milestones`, a `TrainConfig` or its dict), [] for every `lr_step` epochs."
+    value = (cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)).get('lr_milestones', '')
+    try: out = [int(v) for v in str(value).split(',') if v.strip()]
+    except ValueError: out = None
+    if out is None or any(m < 1 for m in out) or out != sorted(set(out)):
+        raise ValueError(f"config lr_milestones={value!r}: increasing epochs ≥ 1, comma-separated (e.g. '150,180,210'), or '' for a decay every lr_step epochs")
+    return out
+
 def check_name(value:str, what:str) -> str:
     "`value` if it is a safe single path component (letters, digits, `. _ + -`, not starting with a dot), else a ValueError naming `what`."
     if not isinstance(value, str) or not _NAME.fullmatch(value) or value in ('.', '..'):
@@ -178,6 +188,7 @@ def check_config(cfg:TrainConfig):
                         ('workers', cfg.workers >= -1, '≥ 0, or -1 for automatic'), ('seed', cfg.seed >= 0, '≥ 0'),
                         ('val_every', cfg.val_every >= 1, '≥ 1 (1: every epoch)'), ('log_gnorm', cfg.log_gnorm >= 0, '≥ 0 (0: off)')]:
         if not (ok and math.isfinite(getattr(cfg, k))): raise ValueError(f"config {k}={getattr(cfg, k)}: must be {want}")
+    milestones(cfg)                                      # raises, naming lr_milestones, when it is not increasing epochs
     for k in ('alpha', 'beta', 'delta'):
         if not (getattr(cfg, k) >= 0 or getattr(cfg, k) == -1):
             raise ValueError(f"config {k}={getattr(cfg, k)}: must be ≥ 0, or -1 for the method's default")
@@ -210,6 +221,11 @@ PRESETS['cpu-toy-teacher'] = dict(PRESETS['cpu-toy'], arch='resnet34', epochs=16
 for _ds in ('ade20k', 'sun397', 'mit67'):
     for _p in ('paper', 'paper-teacher', 'dctkd', 'dctkd-teacher'): PRESETS[f'{_p}-{_ds}'] = dict(PRESETS[_p], dataset=_ds)
     PRESETS[f'paper-teacher-lr0.1-{_ds}'] = dict(PRESETS[f'paper-teacher-{_ds}'], lr=0.1)   # the README's "default parameters"
+_CIFAR = dict(dataset='cifar100', epochs=240, batch_size=128, lr=0.05, momentum=0.9, weight_decay=5e-4, lr_milestones='150,180,210',
+              lr_gamma=0.1, T=4.0, image_size=32, resize=0, norm='cifar100', recipe='faithful', amp='off', channels_last='off')  # config_SGD_CIFAR.yaml
+PRESETS['cifar100-teacher'] = dict(_CIFAR, arch='resnet110')            # the original's teachers: resnet56, resnet110, resnet32x4 (arch=)
+PRESETS['cifar100-student'] = dict(_CIFAR, arch='resnet20')             # its student: resnet20 (also resnet32, resnet8x4)
+PRESETS['cifar100-dct'] = dict(PRESETS['cifar100-student'], method='dct', hparams={'pred_guide': False})   # its command: PRED_GUIDE=False
 
 def given_keys(preset:str=None, # a name from PRESETS, or None
                **overrides,     # field=value
@@ -218,9 +234,8 @@ def given_keys(preset:str=None, # a name from PRESETS, or None
     if preset and preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     return {**(PRESETS[preset] if preset else {}), **overrides}
 
-
 # %% ../nbs/11_config.ipynb #3995e783
-RESUMABLE = ('epochs', 'lr_step', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard',
+RESUMABLE = ('epochs', 'lr_step', 'lr_milestones', 'lr_gamma', 'workers', 'progress', 'device', 'root', 'cache', 'compile', 'max_batches', 'tensorboard',
              'val_every', 'log_gnorm', 'teacher_cache')
 
 def resume_config(saved:dict,  # the run's config.json

@@ -210,8 +210,8 @@ def dkd_loss(student_logits:torch.Tensor, # (B, classes)
              teacher_logits:torch.Tensor, # (B, classes); no gradient flows to it
              targets:torch.Tensor,        # (B,) class indices
              alpha:float=1.0,             # weight of TCKD, the target-vs-rest part
-             beta:float=8.0,              # weight of NCKD, the part among the non-target classes
-             T:float=4.0,                 # temperature
+             beta:float=0.5,              # weight of NCKD, the part among the non-target classes (mdistiller's ImageNet R34 → R18; CIFAR-100: 8)
+             T:float=1.0,                 # temperature (mdistiller's ImageNet; CIFAR-100: 4)
             ) -> torch.Tensor:
     "Decoupled KD: α·T²·KL(b_T ‖ b_S) + β·T²·KL(p̂_T ‖ p̂_S), b = (p_t, 1 - p_t), p̂ = softmax over the non-target classes; batch mean."
     _same_logits('dkd_loss', student_logits, teacher_logits)

@@ -215,8 +215,10 @@ def read_checkpoint(path,             # a checkpoint file, or a run folder (its 
     try: ck = torch.load(p, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         if not _unsafe(p, e):
-            raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint (truncated, overwritten or never one; "
-                                         f"{str(e).splitlines()[-1].strip() or type(e).__name__}); use another checkpoint, or retrain") from None
+            why = next((l.strip() for l in str(e).splitlines() if l.strip().startswith(('Unsupported', 'invalid load key', 'unpickling stack'))),
+                       'bytes no unpickler reads')
+            raise CorruptCheckpointError(f"{p} is corrupt: not a readable checkpoint (truncated, overwritten or never one; {why}); "
+                                         "use another checkpoint, or retrain") from None
         if not trust:
             why = next((l.strip() for l in str(e).splitlines() if 'GLOBAL' in l or 'Unsupported' in l), str(e).splitlines()[0])
             raise UnsafeCheckpointError(
@@ -337,14 +339,32 @@ def find_runs(root) -> list:
     return out
 
 # %% ../nbs/13_runs.ipynb #38a189d0
-RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'rng')   # checkpoint entries only a resume reads: latest.pt keeps them, best.pt not
+RESUME_ONLY = ('optimizer', 'scheduler', 'scaler', 'rng')   # checkpoint entries only a resume reads: latest.pt keeps them
+
+def _link(src:Path):
+    "A `write` for `atomic_write` that makes the temporary file a hard link of `src` (a copy where links are not supported)."
+    def write(tmp):
+        os.remove(tmp)
+        try: os.link(src, tmp)
+        except OSError: shutil.copyfile(src, tmp)
+    return write
+
+def _same(a:Path, b:Path) -> bool:
+    try: return a.samefile(b)
+    except OSError: return False
 
 def save_epoch(run, ck:dict, improved:bool):
-    "Commit a finished epoch: best.pt (if `improved`; without `RESUME_ONLY` state), then latest.pt, then metrics.csv from its history."
+    "Commit a finished epoch: best.pt and latest.pt (one file when the epoch improved), then metrics.csv from its history."
     run = Path(run)
     ck = {**ck, 'config': config_for_run(ck['config'], run)} if isinstance(ck.get('config'), dict) else ck
-    if improved: atomic_save({k: v for k, v in ck.items() if k not in RESUME_ONLY}, run / BEST)
-    atomic_save(ck, run / LATEST)
+    if improved:
+        atomic_save(ck, run / BEST)
+        atomic_write(run / LATEST, _link(run / BEST))     # one write of the checkpoint, two names: no disk for a second copy
+    else:
+        if _same(run / BEST, run / LATEST):               # best.pt stops being latest.pt: it keeps the weights, not the optimiser
+            old = torch.load(run / BEST, map_location='cpu', weights_only=True)
+            atomic_save({k: v for k, v in old.items() if k not in RESUME_ONLY}, run / BEST)
+        atomic_save(ck, run / LATEST)
     write_metrics(run, ck['history'])
 
 def resume_state(run) -> dict|None:

@@ -92,7 +92,8 @@ def test_files_follow_the_umask_and_a_corrupt_best_does_not_block_resume(toy, tm
     files = [p for p in run.rglob('*') if p.is_file() and p.name != '.lock']
     assert files and all(p.stat().st_mode & 0o044 == 0o044 for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]
     assert all(p.stat().st_mode & 0o055 == 0o055 for p in [run, *[p for p in run.rglob('*') if p.is_dir()]])
-    (run / 'checkpoints' / 'best.pt').write_bytes(os.urandom(3000))        # random bytes: corrupt, and latest.pt is intact
+    best = run / 'checkpoints' / 'best.pt'
+    best.unlink(); best.write_bytes(os.urandom(3000))                       # random bytes: corrupt (a new file: latest.pt, its link, intact)
     code, out, err = _cli('dctkd_evaluate', run / 'checkpoints' / 'best.pt', cwd=tmp_path)
     assert code == 2 and 'is corrupt' in err and 'trust=True' not in err and 'Traceback' not in err, err
     assert fit(resume=str(run), epochs=2) == run

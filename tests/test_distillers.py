@@ -29,7 +29,7 @@ INDEX = torch.tensor([0, 3, 6, 9])
 # entry for it, its own declaration is the reference (its tests against its paper's code go in the file that adds it).
 # the original's weights (original-method.md §2 table, §8 Q4)
 ALPHA = {'kd': 0.8, 'dct': 1.0, 'at': 1000.0, 'pkt': 30000.0, 'vid': 1.0, 'crd': 0.8, 'semckd': 400.0, 'reviewkd': 1.0,
-         'fitnet': 100.0, 'catkd': 10.0, 'dkd': 1.0, 'dist': 1.0, 'lskd': 9.0}          # beyond the paper: their official code's
+         'fitnet': 100.0, 'catkd': 10.0, 'dkd': 1.0, 'dist': 2.0, 'lskd': 9.0}          # beyond the paper: their official code's
 # which of (logits, a0, a1, a2, a3, a4) each method's own term reads from the student (the original's stages)
 USES = {'kd': (0,), 'dct': (1, 2, 3, 4), 'at': (1, 2, 3, 4), 'pkt': (5,), 'vid': (2, 3, 4), 'crd': (5,),
         'semckd': (2, 3, 4), 'reviewkd': (1, 2, 3, 4, 5), 'fitnet': (3,), 'catkd': (3,), 'dkd': (0,), 'dist': (0,), 'lskd': (0,)}
@@ -1042,9 +1042,9 @@ def test_dist_and_lskd_distillers_use_their_own_settings():
     so, to, y = _make(S_SHAPES, 0, dtype=torch.float64), _make(T_SHAPES, 1, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
     d = build('dist', S_SHAPES, T_SHAPES, 32, T=4.0)
     assert (d.inter_weight, d.intra_weight, d.temperature, d.eps) == (1.0, 1.0, 1.0, 1e-8)
-    assert _close(d(so, to, y)['dist'], dist_loss(so[0], to[0], 1.0, 1.0, 1.0, eps=1e-8).item(), rtol=1e-12)
+    assert d.alpha == 2.0 and _close(d(so, to, y)['dist'], 2 * dist_loss(so[0], to[0], 1.0, 1.0, 1.0, eps=1e-8).item(), rtol=1e-12)
     d = build('dist', S_SHAPES, T_SHAPES, 32, eps=0.0, temperature=4.0, intra_weight=2.0)
-    assert _close(d(so, to, y)['dist'], dist_loss(so[0], to[0], 1.0, 2.0, 4.0).item(), rtol=1e-12)
+    assert _close(d(so, to, y)['dist'], 2 * dist_loss(so[0], to[0], 1.0, 2.0, 4.0).item(), rtol=1e-12)
     d = build('lskd', S_SHAPES, T_SHAPES, 32, T=4.0)
     assert (d.alpha, d.beta, d.temperature) == (9.0, 1.0, 2.0)
     terms = d(so, to, y)

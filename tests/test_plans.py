@@ -8,6 +8,7 @@ import pytest
 from dctkd import distillers
 from dctkd.config import make_config, method_hparams
 from dctkd.data.toy import make_toy_scenes
+from dctkd.models import tap_shapes
 from dctkd.sweep import aggregate, load_plan, plan_jobs, report_markdown, run_sweep
 
 PLANS = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'plans'
@@ -54,7 +55,8 @@ def test_paper_plans_resolve_to_the_original_hyper_parameters(ds):
         if not distillers.method(cfg.method).in_paper: continue        # beyond the paper: their own papers' settings
         seen.add(cfg.method)
         spec = {**METHOD[base], **(PLUS_KD if cfg.method.endswith('+kd') else {})}
-        hp = method_hparams(cfg)
+        taps = [x[1:] for x in tap_shapes(cfg.arch, cfg.image_size)]   # the stages a method picks itself (its rule over the spatial taps)
+        hp = {**distillers.method(cfg.method).cls.default_stages(taps, taps), **method_hparams(cfg)}
         got = {k: (tuple(hp[k]) if isinstance(hp[k], list) else hp[k]) for k in spec}
         assert got == spec, (ds, job['key'], {k: (got[k], spec[k]) for k in spec if got[k] != spec[k]})
     assert {'none', 'kd', 'dct', 'dct+kd', 'at', 'at+kd', 'pkt', 'pkt+kd', 'vid', 'vid+kd', 'crd', 'crd+kd'} <= seen
