@@ -8,6 +8,7 @@ __all__ = ['confusion_figure', 'per_class_figure', 'ssim', 'attention_ssim', 'fo
 # %% ../nbs/13b_eval_report.ipynb #24f2386f
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
