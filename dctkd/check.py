@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from . import distillers
-from .config import TOY_ROOT, TrainConfig, given_keys, make_config, method_hparams, open_split, resume_config
+from .config import TOY_ROOT, TrainConfig, given_keys, make_config, method_hparams, resume_config
+from .splits import open_split
 from .data.toy import TOY_CLASSES
 from .models import CIFAR_ARCHS, TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
