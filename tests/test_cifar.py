@@ -109,6 +109,7 @@ def test_cifar_presets_are_the_original_configs():
 
 def test_cifar100_plan_runs_every_method_on_the_original_and_crd_pairs():
     from pathlib import Path
+    from dctkd import distillers
     from dctkd.config import make_config, method_hparams, milestones
     from dctkd.sweep import expected_from_plan, load_plan, plan_jobs
     path = Path(__file__).resolve().parents[1] / 'nbs' / 'experiments' / 'plans' / 'cifar100.yaml'
@@ -123,13 +124,18 @@ def test_cifar100_plan_runs_every_method_on_the_original_and_crd_pairs():
         runnable = {n for n in names() if not check_pair(build_model(s, 100), build_model(t, 100), 32).methods[n.removesuffix('+kd')].startswith('cannot')}
         have = {r['config']['method'] for r in plan['runs'] if r.get('teacher') and (arch(by[r['teacher']]), arch(r)) == (t, s)}
         assert have == runnable - {'none'}, (t, s, runnable - have)
+    phased = set()
     for job in plan_jobs(plan, '/tmp/sweep'):
         cfg = make_config(job['preset'], **job['config'])
-        assert {k: getattr(cfg, k) for k in CIFAR_RECIPE} == CIFAR_RECIPE and milestones(cfg) == [150, 180, 210], job['key']
         hp = method_hparams(cfg)
+        init = hp.get('init_epochs', 0)           # RepDistiller's `init` epochs before the 240 (FSP, FT, AB: 30), from the registry
+        if init: phased.add(cfg.method)
+        assert {k: getattr(cfg, k) for k in CIFAR_RECIPE} == {**CIFAR_RECIPE, 'epochs': 240 + init}, job['key']
+        assert milestones(cfg) == [150 + init, 180 + init, 210 + init], job['key']
         if cfg.method.startswith('dct'): assert hp['pred_guide'] is False, job['key']         # PRED_GUIDE=False
         if cfg.method == 'kd': assert (hp['alpha'], hp['beta']) == (0.9, 0.1)                 # RepDistiller's KD (-r 0.1 -a 0.9)
         if cfg.method.startswith('crd'): assert hp['negatives'] == 'all'                        # RepDistiller's sampler
+    assert phased == {n for n in names() if distillers.method_hparams(n).get('init_epochs')} and len(phased) == 6, phased   # 270 epochs: 180, 210, 240
     exp = expected_from_plan(plan)                # CRD Table 1 as the RepDistiller README prints it: a few cells by hand
     assert exp['teacher']['T resnet32x4 → S resnet8x4'] == 79.42 and exp['none']['T resnet110 → S resnet32'] == 71.14
     assert exp['crd']['T resnet32x4 → S resnet8x4'] == 75.51 and exp['kd']['T wrn_40_2 → S wrn_16_2'] == 74.92
