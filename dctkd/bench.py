@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import make_config, method_hparams, open_split
+from .config import make_config, method_hparams
+from .splits import open_split
 from .data.toy import TOY_BENCH, make_toy_scenes
 from .runs import atomic_save, atomic_text, atomic_write, find_runs, read_checkpoint, read_config, run_folder_of
 from .sweep import load_plan, mean_std, plan_jobs, row_order, row_title, run_sweep

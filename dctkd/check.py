@@ -7,10 +7,12 @@ __all__ = ['STAGE_KEYS', 'SMALL_MAP', 'UsageError', 'resolve', 'check_device', '
            'tapped', 'check_teacher', 'check_stages', 'check_method', 'check_files', 'Checked', 'check', 'check_run']
 
 # %% ../nbs/14a_check.ipynb #509561b5
+import contextlib
 import dataclasses
 import difflib
 import importlib.util
 import inspect
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ from pathlib import Path
 import torch
 
 from . import distillers
-from .config import TOY_ROOT, TrainConfig, given_keys, make_config, method_hparams, open_split, resume_config
+from .config import TOY_ROOT, TrainConfig, given_keys, make_config, method_hparams, resume_config
+from .splits import open_split
 from .data.toy import TOY_CLASSES
 from .models import CIFAR_ARCHS, TappedModel, _shape_only, default_taps, suggest_taps, tap_shapes
 from .runs import PATH_KEYS, CorruptCheckpointError, UnsafeCheckpointError, finished_epochs, read_checkpoint, read_config
@@ -148,6 +151,7 @@ def _constant_stages(method:str, hp:dict, s_shapes:list, t_shapes:list, n_classe
     try:
         hp = {**hp, 'alpha': 1.0}          # the term's weight does not change which stages it depends on (α=0 or ∞ would hide it)
         d = distillers.build(method, s_shapes, t_shapes, 0, num_train=2, **{**hp, **({'labels': torch.tensor([0, 1 % n_classes])} if 'labels' in hp else {})})
+        with contextlib.redirect_stdout(io.StringIO()): d.start_epoch(999, 1000)   # the method's main phase (FT's init phase ends)
         g = torch.Generator().manual_seed(0)
         sf = [torch.randn(2, *s, generator=g, requires_grad=True) for s in s_shapes]
         tf = [torch.randn(2, *s, generator=g) for s in t_shapes]

@@ -5,7 +5,7 @@
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields',
            'make_config', 'parse_overrides', 'milestones', 'check_name', 'check_config', 'given_keys', 'resume_config',
-           'dataset_dir', 'first_per_class', 'open_split', 'method_hparams', 'check_params']
+           'dataset_dir', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
 import ast
@@ -19,10 +19,6 @@ from pathlib import Path
 import torch
 
 from . import distillers
-
-from .data.cache import CachedDataset
-from .data.datasets import get_dataset
-from .data.toy import TOY_SCENES, make_toy_scenes
 
 # %% ../nbs/11_config.ipynb #812ab969
 @dataclass
@@ -261,38 +257,14 @@ def dataset_dir(dataset:str) -> str:
     if dataset not in DATASETS: raise ValueError(f"dataset={dataset!r}: choose one of {list(DATASETS)}")
     return 'toy-scenes' if dataset == 'toy' else dataset
 
-def first_per_class(ds,   # an `ImageDataset` (or `ArrayImageDataset`), changed in place
-                    n:int, # images to keep per class
-                   ):
-    "`ds` with only the first `n` images of each class, in file order (classes with fewer keep all of theirs)."
-    seen, keep = [0] * len(ds.classes), []
-    for i, t in enumerate(ds.targets):
-        if seen[t] < n: seen[t] += 1; keep.append(i)
-    return ds.keep(keep)
+_MOVED = {'open_split': 'dctkd.splits', 'first_per_class': 'dctkd.splits'}
 
-def open_split(cfg,                 # a `TrainConfig` or its dict (a run's config.json)
-               split:str,           # 'train' or 'val'
-               mode:str,            # 'train', 'eval' or 'tencrop' transform
-               *, root:str=None,    # the dataset's root if it moved since training
-               cache:bool=None,     # None: the config's `cache`
-               generate:bool=False, # generate the toy scenes when `root` is empty (dataset 'toy')
-               progress:bool=False,
-              ):
-    "The `split` of the dataset `cfg` names, read with the config's transform settings; the one place a config meets the data."
-    c = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
-    root, name = root or c['root'] or (TOY_ROOT if c['dataset'] == 'toy' else ''), c['dataset']
-    if name == 'toy':                                   # toy scenes are written in MIT67's official layout
-        r = Path(root)
-        if generate and (not r.exists() or not any(r.iterdir())):
-            make_toy_scenes(r, **TOY_SCENES, size=max(64, c['image_size'] + c['image_size'] // 7), progress=progress)
-        name = 'mit67'
-    cache = c.get('cache', False) if cache is None else cache
-    n = c.get('train_per_class', 0) if split == 'train' else 0
-    ds = get_dataset(name, root, split, mode, size=c['image_size'], resize=None if c['resize'] < 0 else c['resize'],
-                     norm=c['norm'], cache=cache and not n, skip_bad=c.get('skip_bad', False), progress=progress)
-    if not n: return ds
-    ds = first_per_class(ds, n)                          # the labelled subset a data-limited student sees
-    return CachedDataset(ds, ds.spec, None if cache is True else cache, progress=progress) if cache else ds
+def __getattr__(name):
+    "Names that moved out of `dctkd.config`, forwarded: `open_split`, `first_per_class` (now in `dctkd.splits`)."
+    if name in _MOVED:
+        import importlib
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/11_config.ipynb #387c0e2a
 def method_hparams(cfg) -> dict:

@@ -671,6 +671,7 @@ def class_activation_maps(feats:torch.Tensor,  # (B, C, H, W), the classifier's 
 class CATKD(Distiller):
     "CAT-KD: mean (φ(W_S F_S)/‖·‖₂ - φ(W_T F_T)/‖·‖₂)², CAMs of the last spatial stage (a3; a2 on CIFAR nets) through each network's own classifier, φ = 2×2 average pooling."
     name, title, order, alpha = 'catkd', 'CAT-KD', 64, 10.0
+    recipes = {'faithful': {'bias_free_head': True}}   # the official student's classifier: a bias-free 1×1 conv
     @classmethod
     def pair_status(cls, student_shapes, teacher_shapes, student_classes, teacher_classes):
         if student_classes != teacher_classes: return f"cannot: student has {student_classes} classes, teacher {teacher_classes}"
@@ -685,7 +686,7 @@ class CATKD(Distiller):
     def from_models(cls, student, teacher):
         return {'student_head': _head(student.model)[2], **({'teacher_head': _head(teacher.model)[2]} if teacher is not None else {})}
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, cam_size=2, normalize=True, stage=None,
-                 student_head=None, teacher_head=None, **kw):
+                 student_head=None, teacher_head=None, bias_free_head=False, **kw):
         super().__init__(student_shapes, teacher_shapes, num_train, **kw)
         if student_head is None or teacher_head is None:
             raise ValueError("catkd needs both classifiers: build it from the networks (build('catkd', student, teacher, ...)) "
@@ -699,6 +700,10 @@ class CATKD(Distiller):
         if student_head.weight.shape[0] != teacher_head.weight.shape[0]:
             raise ValueError(f"catkd: student has {student_head.weight.shape[0]} classes, teacher {teacher_head.weight.shape[0]}")
         self.heads = (student_head, teacher_head)   # a tuple: referenced, not registered (no parameters of its own)
+        self.bias_free_head = bool(bias_free_head)
+        if self.bias_free_head and student_head.bias is not None:   # the official 1×1 conv: a bias held at 0, never trained
+            with torch.no_grad(): student_head.bias.zero_()         # (the key stays, so checkpoints load either way)
+            student_head.bias.requires_grad_(False)
     def _pooled_cams(self, f, head, teacher):
         w = head.weight.detach() if teacher else head.weight
         cam = class_activation_maps(F.adaptive_avg_pool2d(f, self.cam_size), w)   # = pooled CAMs: both are linear
@@ -707,7 +712,7 @@ class CATKD(Distiller):
         cs = self._pooled_cams(s_feats[self.stage], self.heads[0], False)
         ct = self._pooled_cams(t_feats[self.stage].detach(), self.heads[1], True)
         return F.mse_loss(cs, ct.to(cs.dtype))
-    def extra_repr(self): return super().extra_repr() + f", cam_size={self.cam_size}, normalize={self.normalize}"
+    def extra_repr(self): return super().extra_repr() + f", cam_size={self.cam_size}, normalize={self.normalize}, bias_free_head={self.bias_free_head}"
 
 # %% ../nbs/05_distillers.ipynb #ef79a4fc
 class _LogitMethod(Distiller):

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .attention import attention_map, minmax_norm
 from .dct import compute_dtype
-from .config import open_split
+from .splits import open_split
 from .data.cache import make_loader
 from .runs import atomic_text, atomic_write, load_student, load_teacher, new_eval_files
 from .metrics import Metrics, _all_reduce_sum_, _dist_ready

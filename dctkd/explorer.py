@@ -16,7 +16,7 @@ from matplotlib.text import Text
 from PIL import Image
 
 from .attention import attention_map
-from .config import open_split
+from .splits import open_split
 from .data.images import NORM_STATS
 from .data.toy import TOY_CLASSES, render_toy_scene
 from .losses import VARIANTS, dct_loss, dct_stage_distances

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['CIFAR_ARCHS', 'DEFAULT_TAPS', 'PAPER_ARCHS', 'CifarBasicBlock', 'CifarResNet', 'CifarWideBlock', 'CifarWideResNet',
-           'cifar_model', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model', 'tap_shapes',
-           'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher', 'tap_norms', 'preact_taps']
+           'cifar_model', 'default_taps', 'TappedModel', 'replace_head', 'num_classes_of', 'build_model', 'probe_size',
+           'tap_shapes', 'suggest_taps', 'guess_arch', 'load_weights', 'FrozenTeacher', 'tap_norms', 'preact_taps']
 
 # %% ../nbs/04_models.ipynb #e010cae5
 import copy
@@ -34,7 +34,7 @@ def _check_pooled(x, arch):
     return x.flatten(1)
 
 class CifarBasicBlock(nn.Module):
-    "The CIFAR ResNets' basic block: 3×3 conv, BN, ReLU, 3×3 conv, BN, plus the shortcut, then ReLU."
+    "The CIFAR ResNets' basic block: 3×3 conv, BN, ReLU, 3×3 conv, BN, plus the shortcut, then the ReLU module (its input: RepDistiller's `preact`)."
     def __init__(self, c_in, c_out, stride=1, downsample=None):
         super().__init__()
         self.conv1 = _conv3x3(c_in, c_out, stride)
@@ -45,7 +45,7 @@ class CifarBasicBlock(nn.Module):
         self.downsample = downsample
     def forward(self, x):
         out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+        return self.relu(out + (x if self.downsample is None else self.downsample(x)))   # a module, so `record_preact` sees it
 
 def _cifar_stage(c_in, c_out, n, stride):
     "n basic blocks; the first strides and has a 1×1 conv + BN shortcut when the shape changes (built first, as the original)."
@@ -58,6 +58,7 @@ class CifarResNet(nn.Module):
     "The original's CIFAR ResNet (RepDistiller's): 3×3 stem, three stages of n = (depth-2)/6 basic blocks, AvgPool2d(8), fc."
     taps = ['layer1', 'layer2', 'layer3', 'fc:in']   # a0..a2 (32², 16², 8² at 32 px), a3 the pooled vector
     stage_strides = (1, 2, 4)                        # of the three stages, for suggest_taps
+    input_size = 32                                  # the input it takes: shape probes (`probe_size`) use it
     def __init__(self,
                  depth:int,          # 6n + 2: 8, 14, 20, 32, 44, 56, 110
                  widths:tuple,       # stem and three stages: (16, 16, 32, 64), or (32, 64, 128, 256) for the ×4 nets
@@ -111,6 +112,7 @@ class CifarWideResNet(nn.Module):
     "RepDistiller's WRN-d-k for CIFAR: 3×3 stem, three stages of (d-4)/6 wide blocks (widths 16k, 32k, 64k), BN, ReLU, 8×8 average, fc."
     taps = ['block1', 'block2', 'block3', 'fc:in']   # RepDistiller's f1..f3 (block outputs, before the final BN), then the pooled vector
     stage_strides = (1, 2, 4)
+    input_size = 32
     def __init__(self,
                  depth:int,          # 6n + 4: 16, 40, ...
                  widen_factor:int,   # k
@@ -305,13 +307,19 @@ def _shape_only(arch):
         with torch.device('meta'): return torchvision.models.get_model(arch)
     except (RuntimeError, NotImplementedError): return torchvision.models.get_model(arch)   # e.g. regnet's init copies data
 
+def probe_size(model) -> int:
+    "The input size to probe `model` (a network, a TappedModel or an arch name) at: the `input_size` it declares (the CIFAR nets: 32), else 224."
+    if isinstance(model, str): return getattr(CIFAR_ARCHS[model][0], 'input_size', 224) if model in CIFAR_ARCHS else 224
+    return getattr(model.model if isinstance(model, TappedModel) else model, 'input_size', 224)
+
 def tap_shapes(model,              # a TappedModel, or an architecture name (built on the meta device)
-               input_size=224,     # H (= W) or (H, W) of the input image
+               input_size=None,    # H (= W) or (H, W) of the input image; None: `probe_size(model)`
                batch_size:int=1,
               ) -> list:
     "Shapes of every tap for an input of `input_size`, computed on the meta device (no real forward)."
     if isinstance(model, str): model = TappedModel(_shape_only(model), default_taps(model), arch=model)
     if not isinstance(model, TappedModel): raise TypeError(f"tap_shapes: expected a TappedModel or an arch name, got {type(model).__name__}")
+    if input_size is None: input_size = probe_size(model)
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     meta = {k: torch.empty_like(v, device='meta') for k, v in [*model.named_parameters(), *model.named_buffers()]}
     x = torch.empty(batch_size, 3, h, w, device='meta')
@@ -427,7 +435,7 @@ class FrozenTeacher(nn.Module):
 
 # %% ../nbs/04_models.ipynb #bf4970ce
 def tap_norms(model:TappedModel, # the network whose taps to inspect
-              input_size=224,     # H (= W) or (H, W) of the input; the forward runs on the meta device (nothing computed)
+              input_size=None,    # H (= W) or (H, W) of the input (a meta-device forward, nothing computed); None: `probe_size`
              ) -> list:
     "Per tap, the last BatchNorm layer that ran inside the tap's module (None for an ':in' tap or a module without one)."
     modules = dict(model.model.named_modules())
@@ -450,7 +458,7 @@ def tap_norms(model:TappedModel, # the network whose taps to inspect
 
 # %% ../nbs/04_models.ipynb #b01f9134
 def preact_taps(model:TappedModel, # the network whose taps to inspect
-                input_size=224,     # H (= W) or (H, W) of the input (a meta-device forward)
+                input_size=None,    # H (= W) or (H, W) of the input (a meta-device forward); None: `probe_size`
                ) -> list:
     "Per tap, whether `record_preact` gives a pre-activation there: its module returns the output of an activation module."
     modules, last, found, hooks = dict(model.model.named_modules()), [None], [False] * len(model.taps), []

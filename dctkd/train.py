@@ -18,7 +18,8 @@ from torch import nn
 
 from . import distillers
 from .check import check
-from .config import PRESETS, TrainConfig, method_hparams, milestones, open_split   # PRESETS: a forwarding name (dctkd.train.PRESETS)
+from .config import PRESETS, TrainConfig, method_hparams, milestones   # PRESETS: a forwarding name (dctkd.train.PRESETS)
+from .splits import open_split
 from .data.cache import make_loader
 from .data.images import BadImageError
 from .distributed import Dist, ShardSampler, all_reduce_sum, epoch_seed, rng_state, seed_everything, setup_distributed, sync_batchnorm

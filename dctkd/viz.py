@@ -34,7 +34,7 @@ from .dct import get_transform
 from .evaluate import confusion_figure, per_class_figure
 from .losses import VARIANTS, attention_spectrum, dct_loss, dct_stage_distances
 from .models import TappedModel, build_model
-from .config import open_split
+from .splits import open_split
 from .runs import load_student, publish_dir, read_checkpoint, read_metrics, run_folder_of
 
 # %% ../nbs/16_viz.ipynb #01c257ad

@@ -58,3 +58,19 @@ def test_readme_images_resolve_from_the_repository_root():
     for u in links:
         assert not u.startswith('images/'), f'{u}: not rebased to the README folder'
         assert (ROOT / u).is_file(), f'README image {u} does not exist'
+
+
+def test_readme_lists_every_notebook_method_and_cifar_net():
+    "The README's 'What is here' table names every library notebook, and the overview every method (by title) and CIFAR net."
+    import re
+    from dctkd.distillers import method, names
+    from dctkd.models import CIFAR_ARCHS
+    readme = (ROOT / 'README.md').read_text()
+    table = readme.split('## What is here', 1)[1].split('\n\n', 2)[1]
+    rows = set(re.findall(r'^\| `([^`]+)`', table, flags=re.M))
+    nbs = {p.stem for p in (ROOT / 'nbs').glob('[0-9]*.ipynb')}
+    assert nbs and not nbs - rows, f'notebooks missing from the README table: {sorted(nbs - rows)}'
+    missing = [method(n).title for n in names() if n != 'none' and not n.endswith('+kd') and method(n).title.split(' (')[0] not in table]
+    assert not missing, f'methods missing from the README table: {missing}'
+    short = {a.removeprefix('resnet') for a in CIFAR_ARCHS if a.startswith('resnet')} | {a for a in CIFAR_ARCHS if a.startswith('wrn')}
+    assert all(f'`{s}`' in table or f'`resnet{s}`' in table for s in short), short
