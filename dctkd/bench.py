@@ -162,6 +162,7 @@ def bench_summary(rows) -> list:
 def design_power(summary:list, # from `bench_summary`
                  n_val:int,    # held-out images each accuracy is measured on
                  power:float=0.8,
+                 target:float=3.0, # the MDE the design aims at (points): how many seeds would reach it
                 ) -> dict:
     "What the design can detect: the paired differences' pooled sd over the method rows, n, the MDE, the interval half-width and the binomial SE."
     ps = [d['paired'] for d in summary if d['paired'] and d['paired']['n'] > 1]
@@ -169,7 +170,8 @@ def design_power(summary:list, # from `bench_summary`
     if not ps: return {}
     n = min(p['n'] for p in ps)
     sd = math.sqrt(sum(p['sd'] ** 2 for p in ps) / len(ps))
-    return {'n': n, 'rows': len(ps), 'sd': sd, 'mde': mde(sd, n, power), 'power': power,
+    need = next((k for k in range(2, 1000) if mde(sd, k, power) <= target), None)   # seeds the same spread needs for `target`
+    return {'n': n, 'rows': len(ps), 'sd': sd, 'mde': mde(sd, n, power), 'power': power, 'target': target, 'n_for_target': need,
             'halfwidth': t_quantile(0.975, n - 1) * sd / math.sqrt(n), 'n_val': n_val,
             'binomial_se': binomial_se(base[0]['last'][0], n_val) if base else math.nan}
 
@@ -206,7 +208,9 @@ def bench_markdown(rows,          # from `bench_rows` or `read_bench_csv`
               f"paired differences spread by s_d = {pw['sd']:.2f} points (pooled over {pw['rows']} method rows), n = {pw['n']} seeds, "
               f"MDE = (t₀.₉₇₅ + t₀.₈₀)·s_d/√n; a 95 % interval is ± {pw['halfwidth']:.1f} points wide on each side. "
               f"Each accuracy is measured on {pw['n_val']} held-out images: binomial SE {pw['binomial_se']:.2f} points per run "
-              "(already inside each paired difference).", '']
+              "(already inside each paired difference). "
+              + (f"The aim is {pw['target']:g} points: {'met' if pw['mde'] <= pw['target'] else 'not met'}; with this spread, "
+                 f"{pw['n_for_target']} seeds per row would reach it." if pw['n_for_target'] else ''), '']
     for v, lab in VERDICT_WORDS.items():
         names = [f"{d['title']} ({_delta(d['paired'])})" for d in S if d['verdict'] == v]
         L.append(f"- **{lab}:** {', '.join(names) if names else 'none'}")
@@ -486,12 +490,19 @@ def bench_report(out,                          # the sweep folder (its runs/ and
                  check:tuple=('dct-kd', 0),    # (plan row, seed) of the cell `make bench-check` retrains
                  kd_rows:list=('kd', 'kd-ce1', 'dct-kd', 'dct-kd-ce1', 'vid-kd', 'crd-kd'), # rows of the '+ KD' section
                  data:dict=None,               # the toy-scene arguments (for the check record)
+                 seeds:list=None,              # the plan's seeds: a student row with fewer finished is left out (and named)
                  log=print,
                 ) -> dict:
     "Write the benchmark's report, CSV, figures, fingerprint, teacher copy and bench-check record from the runs under `out`; returns the paths."
     out, results = Path(out), Path(results)
     meta = dict(meta or {})
     rows = bench_rows(out / 'runs', meta.get('titles'))
+    if seeds:                                       # a row with fewer seeds than the plan's (a stopped benchmark) is named, not shown
+        n = {}
+        for r in rows: n.setdefault(r['row'], set()).add(r['seed'])
+        short = sorted({r['title'] for r in rows if r['role'] == 'student' and not set(seeds) <= n[r['row']]})
+        rows = [r for r in rows if r['role'] == 'teacher' or set(seeds) <= n[r['row']]]
+        if short: meta['note'] = ' '.join(x for x in (meta.get('note'), f"Rows left out, not all {len(seeds)} seeds finished: {', '.join(short)}.") if x)
     results.mkdir(parents=True, exist_ok=True)
     names = {'md': '.md', 'csv': '.csv', 'png': '.png', 'terms': '-terms.png', 'attention': '-attention.png', 'spectra': '-spectra.png',
              'fingerprint': '-fingerprint.json', 'teacher': '-teacher.pt', 'check': '-check.json'}
@@ -561,7 +572,7 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
             'load': f"load average (1 / 5 / 15 min) {fp['load']} at the start, {_load()} at the end", **pm, 'note': note}
     atomic_text(Path(out) / 'bench-meta.json', json.dumps({k: meta[k] for k in ('command', 'wall', 'budget', 'load') if meta.get(k)}, indent=1))
     if kd_note: meta['kd'] = kd_note
-    paths = bench_report(out, results, meta, fp=fp, check=check, data=data, log=log)
+    paths = bench_report(out, results, meta, fp=fp, check=check, data=data, seeds=spec['seeds'], log=log)
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
     return {'paths': paths, 'status': status, 'rows': bench_rows(Path(out) / 'runs', pm['titles']), 'wall_s': wall}
 
@@ -591,7 +602,7 @@ def bench_cli(argv=None):
         meta = {**plan_meta(spec, source=plan), **(json.loads(saved.read_text()) if saved.exists() else {'command': f'`{cmd}`'})}
         meta['note'] = ' '.join(x for x in (a.note, f"Report rewritten from the same runs by `{cmd}`.") if x)
         if kd_note: meta['kd'] = kd_note
-        print(f"report: {bench_report(a.out, a.results, meta, fp=_saved_fingerprint(a.results, cmd))['md']}")
+        print(f"report: {bench_report(a.out, a.results, meta, fp=_saved_fingerprint(a.results, cmd), seeds=spec['seeds'])['md']}")
         return 0
     seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
     r = run_bench(plan, a.out, a.results, seeds=seeds, executor=a.executor, jobs=a.jobs, threads=a.threads, command=cmd, note=a.note, kd_note=kd_note)
@@ -695,7 +706,7 @@ def bench_section(results='benchmarks/results', # the committed results folder
               f"{', '.join(words['no detectable effect']) or 'none'}.", '',
           "These per-seed numbers hold for the fingerprint above (processor, kernel ISA, threads, torch): CPU training is bitwise "
           "reproducible on one machine, not across processors; `make bench-check` (run by CI) retrains one committed cell, bit for "
-          "bit on this fingerprint and within the cell's committed range elsewhere. The benchmarks guide says what holds across "
-          "machines. The earlier benchmark (ResNet-18 at 32 px, AMD EPYC, 2026-12-01) is superseded: its last stage map was 1×1 and "
+          "bit on this fingerprint and within the cell's committed range elsewhere. Only this one fingerprint is at hand, so "
+          "whether each verdict also holds on other processors is untested; the benchmarks guide says what holds across machines. The earlier benchmark (ResNet-18 at 32 px, AMD EPYC, 2026-12-01) is superseded: its last stage map was 1×1 and "
           "its students were not paired."]
     return '\n'.join(L)
