@@ -35,7 +35,7 @@ from .splits import open_split
 from .data.toy import TOY_BENCH, make_toy_scenes
 from .runs import atomic_save, atomic_text, atomic_write, find_runs, read_checkpoint, read_config, run_folder_of
 from .sweep import load_plan, mean_std, plan_jobs, row_order, row_title, run_sweep
-from .viz import attention_figure, load_model, model_attention, prepare_image, spectra_figure
+from .figures import attention_figure, load_model, model_attention, prepare_image, spectra_figure
 
 # %% ../nbs/20_bench.ipynb #4bc48528
 BENCH_COLUMNS = ('role', 'row', 'title', 'arch', 'method', 'transform', 'seed', 'top1_best', 'top1_last')

@@ -260,10 +260,8 @@ def dataset_dir(dataset:str) -> str:
 _MOVED = {'open_split': 'dctkd.splits', 'first_per_class': 'dctkd.splits'}
 
 def __getattr__(name):
-    "Names that moved out of `dctkd.config`, forwarded: `open_split`, `first_per_class` (now in `dctkd.splits`)."
-    if name in _MOVED:
-        import importlib
-        return getattr(importlib.import_module(_MOVED[name]), name)
+    "Names that moved out of `dctkd.config` (to a higher room, which imports this one): an error saying where they live now."
+    if name in _MOVED: raise AttributeError(f"dctkd.config.{name} moved to {_MOVED[name]}.{name}: import it from there")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # %% ../nbs/11_config.ipynb #387c0e2a

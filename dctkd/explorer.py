@@ -20,7 +20,7 @@ from .splits import open_split
 from .data.images import NORM_STATS
 from .data.toy import TOY_CLASSES, render_toy_scene
 from .losses import VARIANTS, dct_loss, dct_stage_distances
-from .viz import (LoadedModel, as_pil, attention_figure, load_model, prepare_image, spectra_figure, stage_features,
+from .figures import (LoadedModel, as_pil, attention_figure, load_model, prepare_image, spectra_figure, stage_features,
                        stage_loss_figure)
 
 # %% ../nbs/17_explorer.ipynb #5bee1c0e

@@ -222,12 +222,13 @@ def test_the_package_import_graph_has_no_cycle():
     for m, p in mods.items():
         base = m.split('.') if p.name == '__init__.py' else m.split('.')[:-1]
         deps, tree = set(), ast.parse(p.read_text())
-        # function-local imports count too, except in a module's PEP 562 `__getattr__`: the forwarding name of something that
-        # moved to a higher room (dctkd.viz.AttentionExplorer), looked up on first use, never while anything is imported
-        forward = {id(n) for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == '__getattr__' for n in ast.walk(f)}
+        # function-local imports count too (a PEP 562 `__getattr__` forwarding to a higher room is a cycle), and so does
+        # importlib.import_module('dctkd.x') with a literal name
         for node in ast.walk(tree):
-            if id(node) in forward: continue
-            if isinstance(node, ast.ImportFrom):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == 'import_module'
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in mods):
+                deps.add(node.args[0].value)
+            elif isinstance(node, ast.ImportFrom):
                 target = '.'.join(base[:len(base) - node.level + 1] + ([node.module] if node.module else [])) if node.level else node.module
                 deps |= {t for t in (target, *(f'{target}.{a.name}' for a in node.names)) if t in mods}
             elif isinstance(node, ast.Import): deps |= {a.name for a in node.names if a.name in mods}

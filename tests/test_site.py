@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / 'tests' / 'site'
 CHROMIUM = os.environ.get('CHROMIUM', '/usr/bin/chromium')
 # notebooks whose executed outputs the assertions read: run here only when test_notebooks.py did not save them already
-EXECUTE = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '14_evaluate', '16_viz', '17_explorer']
+EXECUTE = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '14_evaluate', '16_figures', '17_explorer']
 
 
 def _modules():
@@ -207,7 +207,7 @@ def test_site_in_browser(site, artefacts, tmp_path):
     for s in EXECUTE:
         from dctkd.tools.site import page_name
         assert pages[page_name(s + '.ipynb')]['outputs'] > 0, f'{s}: no executed output on its page'
-    for p in ('dct.html', 'losses.html', 'evaluate.html', 'viz.html'): assert pages[p]['outputImages'] > 0, p
+    for p in ('dct.html', 'losses.html', 'evaluate.html', 'figures.html'): assert pages[p]['outputImages'] > 0, p
     # the explorer: a static picture of its widgets (figures and controls), never the widget's repr
     ex = pages['explorer.html']
     assert ex['widgetReprs'] == 0 and all(i['widgetReprs'] == 0 for i in pages.values())

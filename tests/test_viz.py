@@ -97,7 +97,7 @@ def test_extract_attention_never_overwrites(tiny):
 
 def test_extract_attention_is_atomic(tiny, monkeypatch, tmp_path):
     def boom(*a, **k): raise OSError('disk full')
-    monkeypatch.setattr(viz.np, 'savez_compressed', boom)
+    monkeypatch.setattr(np, 'savez_compressed', boom)
     with pytest.raises(OSError, match='disk full'): extract_attention(tiny, 'val', 2, out=tmp_path / 'ext')
     assert list((tmp_path / 'ext').iterdir()) == []                      # nothing half-written is left behind
 
