@@ -79,8 +79,10 @@ def _torchrun(spec, config):
 
 def run_job(spec:dict) -> dict:
     "Train one job of a sweep — the one code path of every executor: resume or start its run folder, train, check it is complete."
-    if spec.get('threads'):
-        import torch; torch.set_num_threads(spec['threads'])
+    if spec.get('threads'):                                     # the job's threads, this process's again afterwards
+        import torch; before = torch.get_num_threads(); torch.set_num_threads(spec['threads'])
+        try: return run_job({**spec, 'threads': None})
+        finally: torch.set_num_threads(before)
     folder = Path(spec['folder'])
     if spec.get('prepared'): config = spec['config']           # a rank started by _torchrun
     else: config = _prepare(folder, spec['config'])

@@ -6,14 +6,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.xfail(reason='known regression found at the end of stop 21 (fresh-clone CI run): quickstart notebook stops with a cell error — not yet diagnosed; listed in the closing note, to be fixed next', strict=False)
 def test_quickstart_trains_evaluates_and_reports(tmp_path, monkeypatch):
     import papermill as pm
     monkeypatch.delenv('MPLBACKEND', raising=False)      # the kernel must use Jupyter's inline backend
     out = tmp_path / 'demo'
     pm.execute_notebook(str(ROOT / 'nbs/experiments/quickstart.ipynb'), str(tmp_path / 'quickstart.ipynb'), kernel_name='python3',
                         cwd=str(ROOT / 'nbs/experiments'), progress_bar=False,
-                        parameters=dict(out=str(out), n_per_class=12, image_size=32, epochs=1, teacher_epochs=1, max_batches=2))
+                        parameters=dict(out=str(out), n_per_class=12, image_size=64, epochs=1, teacher_epochs=1, max_batches=2))
     runs = sorted(p.name for p in (out / 'runs' / 'toy-scenes').iterdir())
     assert runs == ['baseline', 'dct', 'dct-plus-kd', 'teacher']
     table = (out / 'results.md').read_text().splitlines()

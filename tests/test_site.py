@@ -98,8 +98,8 @@ def test_build(site):
         page = page_name(s + '.ipynb')
         assert r['executed'].get(page, {}).get('outputs', 0) > 0, f'{page}: no executed outputs'
     assert r['figures'] >= 8, r['figures']
-    assert r['maintainer'] == ['tools/readme.html', 'tools/00a_site_execute.html', 'tools/00b_site_render.html',
-                               'tools/00c_site_assets.html', 'tools/site.html']
+    assert r['maintainer'] == ['tools/readme.html', 'tools/site_execute.html', 'tools/site_render.html',
+                               'tools/site_assets.html', 'tools/site.html']
     figs = list((out / 'figures').rglob('*.png'))
     assert figs and all(f.stat().st_size > 1000 for f in figs)
     index = json.loads((out / 'search.json').read_text())
@@ -141,7 +141,6 @@ def artefacts():
     return d
 
 
-@pytest.mark.xfail(reason='known regression found at the end of stop 21 (fresh-clone CI run): index links splits.html#open_split, the page is 11a_splits.html — not yet diagnosed; listed in the closing note, to be fixed next', strict=False)
 def test_site_in_browser(site, artefacts, tmp_path):
     missing = _missing()
     if missing:

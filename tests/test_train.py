@@ -15,7 +15,8 @@ import torch
 from dctkd import distillers
 from dctkd.data.toy import make_toy_scenes
 from dctkd import train as T
-from dctkd.config import make_config, open_split
+from dctkd.config import make_config
+from dctkd.splits import open_split
 from dctkd.runs import read_checkpoint
 from dctkd.train import fit
 

@@ -17,9 +17,9 @@ from .site_execute import _WIDGET_MIME, _cfg, execute_nb, load_outputs
 
 # %% ../../nbs/tools/00b_site_render.ipynb #767bdbc0
 def page_name(rel) -> str:
-    "Site path of a notebook `rel` (relative to nbs): numeric prefixes dropped, `.html` suffix, as nbdev's sites do."
+    "Site path of a notebook `rel` (relative to nbs): numeric prefixes (`11a_` too) dropped, `.html` suffix, as nbdev's symbol links spell it."
     p = Path(rel)
-    return str(p.with_name(re.sub(r'^\d+[_-]', '', p.stem) + '.html').as_posix())
+    return str(p.with_name(re.sub(r'^\d+[a-zA-Z0-9]*[_-]', '', p.stem.lower()) + '.html').as_posix())
 
 # %% ../../nbs/tools/00b_site_render.ipynb #e50e86b3
 def read_sidebar(nbs_path=None) -> list:
