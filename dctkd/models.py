@@ -183,6 +183,8 @@ def _parse_tap(tap):
     if where not in ('', 'in', 'out'): raise ValueError(f"tap {tap!r}: use 'name' (output) or 'name:in' (input)")
     return name, where or 'out'
 
+
+# %% ../nbs/04_models.ipynb #9f29c9c6
 class TappedModel(nn.Module):
     "An unmodified model whose call returns `(logits, feats)`, `feats` being the tapped tensors in order."
     activations = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish)   # what `record_preact` looks through
