@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DATASETS', 'TOY_ROOT', 'RECIPES', 'MAX_IMAGE_SIZE', 'PRESETS', 'RESUMABLE', 'TrainConfig', 'config_fields',
-           'make_config', 'parse_overrides', 'milestones', 'check_name', 'check_config', 'given_keys', 'resume_config',
+           'milestones', 'check_name', 'check_config', 'make_config', 'parse_overrides', 'given_keys', 'resume_config',
            'dataset_dir', 'method_hparams', 'check_params']
 
 # %% ../nbs/11_config.ipynb #248c82ac
@@ -79,7 +79,7 @@ def config_fields() -> dict:
     "Field name -> type of `TrainConfig`."
     return {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
-# %% ../nbs/11_config.ipynb #b4c5f312
+# %% ../nbs/11_config.ipynb #d62d04f1
 _TRUE, _FALSE = {'true', '1', 'yes', 'on'}, {'false', '0', 'no', 'off'}
 
 def _convert(key, value, typ):
@@ -115,32 +115,8 @@ def _convert(key, value, typ):
                      + (" as JSON, e.g. '{\"transform\": \"fft-abs\"}'" if typ is dict else "")
                      + (" of names: a JSON list or comma-separated, e.g. 'layer1,layer2,layer3,layer4,fc:in'" if typ is list else ""))
 
-def make_config(preset:str=None, # a name from PRESETS, or None for the defaults
-                **overrides,     # field=value; strings are converted by the field's type
-               ) -> TrainConfig:
-    "A `TrainConfig` from a preset and typed overrides; unknown keys and wrong types are errors."
-    base = {}
-    if preset:
-        if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-        base = dict(PRESETS[preset])
-    types = config_fields()
-    unknown = sorted(set(overrides) - set(types))
-    if unknown: raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(types)}")
-    values = {k: _convert(k, v, types[k]) for k, v in {**base, **overrides}.items()}
-    cfg = TrainConfig(**values)
-    check_config(cfg)
-    return cfg
 
-def parse_overrides(items:list) -> dict:
-    "['lr=0.01', 'epochs=2'] -> {'lr': '0.01', 'epochs': '2'} (converted later by make_config)."
-    out = {}
-    for it in items:
-        if '=' not in it: raise ValueError(f"override {it!r}: write key=value (e.g. epochs=2)")
-        k, v = it.split('=', 1)
-        out[k.strip()] = v
-    return out
-
-# %% ../nbs/11_config.ipynb #82e0c940
+# %% ../nbs/11_config.ipynb #dad82cf2
 DATASETS = ('toy', 'ade20k', 'sun397', 'mit67', 'cifar100', 'prepared')
 TOY_ROOT = 'data/toy-scenes'       # where dataset 'toy' lives when no root is given
 RECIPES = ('dctkd', 'faithful')
@@ -163,6 +139,8 @@ def check_name(value:str, what:str) -> str:
                          "(no '/', no '..', not absolute, not starting with '.')")
     return value
 
+
+# %% ../nbs/11_config.ipynb #2e3e0279
 def check_config(cfg:TrainConfig):
     "Reject values that cannot work, naming the field."
     if cfg.method not in distillers.names(): raise ValueError(f"config method={cfg.method!r}: choose one of {distillers.names()}")
@@ -202,6 +180,32 @@ def check_config(cfg:TrainConfig):
         raise ValueError("config teacher_cache=true needs augment=false and a teacher: with augmentation the teacher sees a new crop "
                          "of each image every epoch, so its outputs cannot be reused")
     if cfg.name: check_name(cfg.name, 'config name')
+
+# %% ../nbs/11_config.ipynb #a4cc09f1
+def make_config(preset:str=None, # a name from PRESETS, or None for the defaults
+                **overrides,     # field=value; strings are converted by the field's type
+               ) -> TrainConfig:
+    "A `TrainConfig` from a preset and typed overrides; unknown keys and wrong types are errors."
+    base = {}
+    if preset:
+        if preset not in PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        base = dict(PRESETS[preset])
+    types = config_fields()
+    unknown = sorted(set(overrides) - set(types))
+    if unknown: raise ValueError(f"unknown config key(s) {unknown}; valid keys: {sorted(types)}")
+    values = {k: _convert(k, v, types[k]) for k, v in {**base, **overrides}.items()}
+    cfg = TrainConfig(**values)
+    check_config(cfg)
+    return cfg
+
+def parse_overrides(items:list) -> dict:
+    "['lr=0.01', 'epochs=2'] -> {'lr': '0.01', 'epochs': '2'} (converted later by make_config)."
+    out = {}
+    for it in items:
+        if '=' not in it: raise ValueError(f"override {it!r}: write key=value (e.g. epochs=2)")
+        k, v = it.split('=', 1)
+        out[k.strip()] = v
+    return out
 
 # %% ../nbs/11_config.ipynb #2060816c
 _PAPER = dict(epochs=70, batch_size=128, lr=0.1, momentum=0.9, weight_decay=1e-4, lr_step=25, lr_gamma=0.1, image_size=224, resize=256)
