@@ -66,6 +66,35 @@ def average_crops(logits:torch.Tensor, # (B, n, C) logits of n crops of each ima
     if how == 'logits': return logits.float().mean(1)
     raise ValueError(f"crop_average must be 'softmax' or 'logits', got {how!r}")
 
+# %% ../nbs/14_evaluate.ipynb #34386ee8
+def _crops(x, ten_crop) -> tuple:
+    "(crops per image, the images as one batch) from images (B, C, H, W), or (B, n, C, H, W) with `ten_crop`."
+    if ten_crop:
+        if x.ndim != 5: raise ValueError(f"evaluate_model: ten_crop expects images (B, n_crops, C, H, W), got {tuple(x.shape)}")
+        return x.shape[1], x.flatten(0, 1)
+    if x.ndim == 5: raise ValueError(f"evaluate_model: images {tuple(x.shape)} hold several crops per sample; pass ten_crop=True")
+    return 1, x
+
+def _teacher_ssim(teacher, x, y, feats, B, n_crops, *, ten_crop, crop_average, window, amp, device) -> tuple:
+    "The attention SSIM (B, L) of the student's `feats` against the teacher's on the images `x` (B·n_crops), and whether the teacher is right (B,)."
+    t_device = _device_of(teacher)
+    with torch.autocast(t_device.type, dtype=torch.bfloat16, enabled=t_device.type == 'cuda' and amp is not False):
+        t_logits, t_feats = _split_output(teacher(x.to(t_device)))
+    if feats is None or t_feats is None:
+        raise ValueError("evaluate_model: the attention SSIM needs features; with a teacher, both models must return (logits, feats)")
+    t_logits = t_logits.to(device).view(B, n_crops, -1)
+    ok = (average_crops(t_logits, crop_average) if ten_crop else t_logits[:, 0].float()).argmax(1) == y   # the teacher is right on the sample
+    s = attention_ssim(feats, [f.to(device) for f in t_feats], window=window, reduction='none').double()
+    return s.view(B, n_crops, -1).mean(1), ok                          # one value per sample and stage
+
+def _ssim_results(ssim_sums) -> dict:
+    "The SSIM entries of the results from the sums (4, L): Σ SSIM over all samples, Σ over the teacher-correct ones, and their counts."
+    s = ssim_sums.cpu()
+    return {'attention_ssim': (s[0] / s[2]).tolist(), 'attention_ssim_mean': float((s[0] / s[2]).mean()),
+            'attention_ssim_teacher_correct': (s[1] / s[3]).tolist(),   # NaN when the teacher gets none right
+            'teacher_top1': 100 * float(s[3, 0] / s[2, 0])}
+
+
 # %% ../nbs/14_evaluate.ipynb #b95212f5
 def evaluate_model(model:nn.Module,     # returns (logits, feats) or logits
                    loader,              # yields (images, labels[, index]); images (B, n, C, H, W) with ten_crop
@@ -85,7 +114,6 @@ def evaluate_model(model:nn.Module,     # returns (logits, feats) or logits
     "Top-k, mean class accuracy, confusion, mean CE, and with a teacher the per-stage attention SSIM, over `loader`."
     device = torch.device(device) if device is not None else _device_of(model)
     use_amp = device.type == 'cuda' and amp is not False
-    t_device = _device_of(teacher) if teacher is not None else None
     metrics = Metrics(num_classes, topk, device=device) if num_classes is not None else None
     ssim_sums = None            # (4, L) float64: Σ SSIM over all, Σ over teacher-correct, then the two counts
     n_crops, preds, targets, indices = None, [], [], []
@@ -98,11 +126,7 @@ def evaluate_model(model:nn.Module,     # returns (logits, feats) or logits
                 x, y, idx = _unpack(batch)
                 x, y = x.to(device, non_blocking=True), torch.as_tensor(y).to(device, non_blocking=True)
                 B = x.shape[0]
-                if ten_crop:
-                    if x.ndim != 5: raise ValueError(f"evaluate_model: ten_crop expects images (B, n_crops, C, H, W), got {tuple(x.shape)}")
-                    n_crops, x = x.shape[1], x.flatten(0, 1)
-                elif x.ndim == 5: raise ValueError(f"evaluate_model: images {tuple(x.shape)} hold several crops per sample; pass ten_crop=True")
-                else: n_crops = 1
+                n_crops, x = _crops(x, ten_crop)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     logits, feats = _split_output(model(x))
                 scores = average_crops(logits.view(B, n_crops, -1), crop_average) if ten_crop else logits.float()
@@ -112,14 +136,8 @@ def evaluate_model(model:nn.Module,     # returns (logits, feats) or logits
                     preds.append(pred.cpu()); targets.append(y.cpu())
                     if idx is not None: indices.append(torch.as_tensor(idx).cpu())
                 if teacher is None: continue
-                with torch.autocast(t_device.type, dtype=torch.bfloat16, enabled=t_device.type == 'cuda' and amp is not False):
-                    t_logits, t_feats = _split_output(teacher(x.to(t_device)))
-                if feats is None or t_feats is None:
-                    raise ValueError("evaluate_model: the attention SSIM needs features; with a teacher, both models must return (logits, feats)")
-                t_logits = t_logits.to(device).view(B, n_crops, -1)
-                ok = (average_crops(t_logits, crop_average) if ten_crop else t_logits[:, 0].float()).argmax(1) == y   # the teacher is right on the sample
-                s = attention_ssim(feats, [f.to(device) for f in t_feats], window=ssim_window, reduction='none').double()
-                s = s.view(B, n_crops, -1).mean(1)                              # one value per sample and stage
+                s, ok = _teacher_ssim(teacher, x, y, feats, B, n_crops, ten_crop=ten_crop, crop_average=crop_average,
+                                      window=ssim_window, amp=amp, device=device)
                 if ssim_sums is None:
                     with torch.inference_mode(False): ssim_sums = torch.zeros(4, s.shape[1], dtype=torch.float64, device=device)
                 ssim_sums += torch.stack([s.sum(0), s[ok].sum(0), torch.full_like(s[0], B), ok.sum().expand(s.shape[1]).double()])
@@ -131,12 +149,7 @@ def evaluate_model(model:nn.Module,     # returns (logits, feats) or logits
         if ssim_sums is not None: _all_reduce_sum_([ssim_sums])
     out = metrics.compute()
     if ten_crop and n_crops is not None: out['crops'] = n_crops
-    if ssim_sums is not None:
-        s = ssim_sums.cpu()
-        out['attention_ssim'] = (s[0] / s[2]).tolist()
-        out['attention_ssim_mean'] = float((s[0] / s[2]).mean())
-        out['attention_ssim_teacher_correct'] = (s[1] / s[3]).tolist()   # NaN when the teacher gets none right
-        out['teacher_top1'] = 100 * float(s[3, 0] / s[2, 0])
+    if ssim_sums is not None: out.update(_ssim_results(ssim_sums))
     if predictions:
         out['predictions'], out['targets'] = torch.cat(preds), torch.cat(targets)
         if indices: out['indices'] = torch.cat(indices)

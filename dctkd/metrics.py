@@ -15,6 +15,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 # %% ../nbs/13a_metrics.ipynb #6926bf32
+from fastcore.basics import patch_to
+
 from .dct import compute_dtype
 
 # %% ../nbs/13a_metrics.ipynb #2f75e654
@@ -32,6 +34,48 @@ def _all_reduce_sum_(tensors, group=None):
         buf = t if dev is None or t.device == dev else t.to(dev)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
         if buf is not t: t.copy_(buf)
+
+# %% ../nbs/13a_metrics.ipynb #bc88099a
+def _targets(logits, targets, C) -> torch.Tensor:
+    "`targets` as int64 class indices (B,) on the logits' device, checked against `logits` (B, C)."
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != C:
+        raise ValueError(f"Metrics.update: expected logits (B, {C}), got "
+                         f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    targets = torch.as_tensor(targets)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"Metrics.update: targets must be integer class indices, got dtype {targets.dtype}")
+    t = targets.reshape(-1).to(logits.device, torch.int64)
+    if t.shape[0] != logits.shape[0]:
+        raise ValueError(f"Metrics.update: {logits.shape[0]} logits for {t.shape[0]} targets")
+    if t.numel() and ((t < 0) | (t >= C)).any():
+        raise ValueError(f"Metrics.update: targets must lie in [0, {C}), got values {t.min().item()}..{t.max().item()}")
+    return t
+
+
+# %% ../nbs/13a_metrics.ipynb #ba7f2521
+def _batch_counts(logits, t, topk, C) -> tuple:
+    "Top-1 predictions (B,), top-k hits (one count per k; k > C counts as C) and summed cross-entropy of one batch."
+    z = logits.detach().to(compute_dtype(logits.dtype))              # float64 stays, half becomes float32
+    idx = z.topk(min(max(topk), C), dim=1).indices                     # (B, maxk), the torch.topk way
+    hits = (idx == t[:, None]).cumsum(1)                               # hits[:, j]: y in the first j+1
+    correct = torch.stack([hits[:, min(k, C) - 1] for k in topk], 1).sum(0)
+    return idx[:, 0], correct, F.cross_entropy(z, t, reduction='sum')
+
+def _results(confusion, correct, loss_sum, topk) -> dict:
+    "top-k, mca_present, mca_all, per_class (NaN if absent), confusion, n, n_present, loss from the counts; accuracies in percent."
+    cm = confusion.detach().cpu().clone()
+    n, C = int(cm.sum()), cm.shape[0]
+    support = cm.sum(1)
+    present = support > 0
+    per_class = torch.where(present, 100 * cm.diag().double() / support.clamp(min=1), torch.full((C,), math.nan, dtype=torch.float64))
+    pct = lambda c: 100 * c / n if n else math.nan
+    out = {f'top{k}': pct(int(c)) for k, c in zip(topk, correct.cpu())}
+    out.update(mca_present=float(per_class[present].mean()) if present.any() else math.nan,
+               mca_all=float(per_class.nan_to_num(0.).sum() / C) if n else math.nan,
+               per_class=per_class, confusion=cm, n=n, n_present=int(present.sum()), num_classes=C,
+               loss=float(loss_sum.cpu()) / n if n else math.nan)
+    return out
+
 
 # %% ../nbs/13a_metrics.ipynb #6320a0b3
 class Metrics:
@@ -69,26 +113,11 @@ class Metrics:
 
     def _update(self, logits, targets):
         "Count one batch; return its top-1 predictions (B,) on the logits' device."
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise ValueError(f"Metrics.update: expected logits (B, {self.num_classes}), got "
-                             f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
-        targets = torch.as_tensor(targets)
-        if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
-            raise TypeError(f"Metrics.update: targets must be integer class indices, got dtype {targets.dtype}")
-        t = targets.reshape(-1).to(logits.device, torch.int64)
-        if t.shape[0] != logits.shape[0]:
-            raise ValueError(f"Metrics.update: {logits.shape[0]} logits for {t.shape[0]} targets")
+        t = _targets(logits, targets, self.num_classes)
         if t.numel() == 0: return t
-        if ((t < 0) | (t >= self.num_classes)).any():
-            raise ValueError(f"Metrics.update: targets must lie in [0, {self.num_classes}), got values "
-                             f"{t.min().item()}..{t.max().item()}")
         if self._updates == 0 and self._fixed_device is None and self.device != logits.device: self._to(logits.device)
-        z = logits.detach().to(compute_dtype(logits.dtype))              # float64 stays, half becomes float32
-        idx = z.topk(min(max(self.topk), self.num_classes), dim=1).indices      # (B, maxk), the torch.topk way
-        hits = (idx == t[:, None]).cumsum(1)                                     # hits[:, j]: y in the first j+1
-        correct = torch.stack([hits[:, min(k, self.num_classes) - 1] for k in self.topk], 1).sum(0)
-        ce = F.cross_entropy(z, t, reduction='sum')
-        dev, pred = self.device, idx[:, 0]
+        pred, correct, ce = _batch_counts(logits, t, self.topk, self.num_classes)
+        dev = self.device
         self.confusion.view(-1).index_put_(((t * self.num_classes + pred).to(dev),),
                                            torch.ones((), dtype=torch.int64, device=dev).expand(t.shape[0]),
                                            accumulate=True)
@@ -105,36 +134,31 @@ class Metrics:
         self._update(logits, targets)
         return self
 
-    def merge(self, other:'Metrics'):
-        "Add the counts of `other` (same classes and topk) to these, e.g. to join the metrics of two shards."
-        if not isinstance(other, Metrics) or (other.num_classes, other.topk) != (self.num_classes, self.topk):
-            raise ValueError(f"Metrics.merge: expected Metrics with num_classes={self.num_classes} and topk={self.topk}")
-        if self._updates == 0 and self._fixed_device is None: self._to(other.device)
-        for mine, theirs in zip(self._tensors(), other._tensors()): mine += theirs.to(mine.device)
-        self._updates += other._updates
-        return self
 
-    def all_reduce(self, group=None):
-        "Sum the counts over the processes of `group` (a no-op without a process group); call once, after the last update."
-        _all_reduce_sum_(self._tensors(), group)
-        return self
+# %% ../nbs/13a_metrics.ipynb #0999b5af
+@patch_to(Metrics)
+def merge(self, other:'Metrics'):
+    "Add the counts of `other` (same classes and topk) to these, e.g. to join the metrics of two shards."
+    if not isinstance(other, Metrics) or (other.num_classes, other.topk) != (self.num_classes, self.topk):
+        raise ValueError(f"Metrics.merge: expected Metrics with num_classes={self.num_classes} and topk={self.topk}")
+    if self._updates == 0 and self._fixed_device is None: self._to(other.device)
+    for mine, theirs in zip(self._tensors(), other._tensors()): mine += theirs.to(mine.device)
+    self._updates += other._updates
+    return self
 
-    @property
-    def n(self) -> int: return int(self.confusion.sum())
+@patch_to(Metrics)
+def all_reduce(self, group=None):
+    "Sum the counts over the processes of `group` (a no-op without a process group); call once, after the last update."
+    _all_reduce_sum_(self._tensors(), group)
+    return self
 
-    def compute(self) -> dict:
-        "top-k, mca_present, mca_all, per_class (NaN if absent), confusion, n, n_present, loss; accuracies in percent."
-        cm = self.confusion.detach().cpu().clone()
-        n, C = int(cm.sum()), self.num_classes
-        support = cm.sum(1)
-        present = support > 0
-        per_class = torch.where(present, 100 * cm.diag().double() / support.clamp(min=1), torch.full((C,), math.nan, dtype=torch.float64))
-        pct = lambda c: 100 * c / n if n else math.nan
-        out = {f'top{k}': pct(int(c)) for k, c in zip(self.topk, self.correct.cpu())}
-        out.update(mca_present=float(per_class[present].mean()) if present.any() else math.nan,
-                   mca_all=float(per_class.nan_to_num(0.).sum() / C) if n else math.nan,
-                   per_class=per_class, confusion=cm, n=n, n_present=int(present.sum()), num_classes=C,
-                   loss=float(self.loss_sum.cpu()) / n if n else math.nan)
-        return out
+@patch_to(Metrics, as_prop=True)
+def n(self) -> int: return int(self.confusion.sum())
 
-    def __repr__(self): return f"Metrics(num_classes={self.num_classes}, topk={self.topk}, n={self.n})"
+@patch_to(Metrics)
+def compute(self) -> dict:
+    "top-k, mca_present, mca_all, per_class (NaN if absent), confusion, n, n_present, loss; accuracies in percent."
+    return _results(self.confusion, self.correct, self.loss_sum, self.topk)
+
+@patch_to(Metrics)
+def __repr__(self): return f"Metrics(num_classes={self.num_classes}, topk={self.topk}, n={self.n})"
