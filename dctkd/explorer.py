@@ -14,6 +14,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
+from fastcore.basics import patch_to
 
 from .attention import attention_map
 from .splits import open_split
@@ -55,6 +56,8 @@ def figure_png(fig:Figure, dpi:int=200) -> bytes:
     fig.savefig(buf, format='png', dpi=dpi)
     return buf.getvalue()
 
+
+# %% ../nbs/17_explorer.ipynb #0c2db56a
 def _titles(fig:Figure) -> list:
     "The figure's title texts: every axes' titles and the suptitle."
     ts = [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title) if t.get_text()]
@@ -73,6 +76,8 @@ def overlapping_titles(fig:Figure) -> list:
     boxes = [(t.get_text(), t.get_window_extent(r)) for t in _titles(fig)]
     return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
 
+
+# %% ../nbs/17_explorer.ipynb #f97efd9a
 def _column_width(fig:Figure, ax) -> float:
     "Pixels of the figure's width that belong to `ax`'s grid columns (fixed, whatever the layout does)."
     spec = ax.get_subplotspec()
@@ -111,9 +116,82 @@ def _fit(t:Text, room:float, renderer, min_size:float) -> bool:
     return False
 
 
-# %% ../nbs/17_explorer.ipynb #55c5dc11
+# %% ../nbs/17_explorer.ipynb #37a5973b
 TRANSFORM_NAMES = tuple(VARIANTS)
 
+def _controls(dataset, photos:dict, names:list, stage:int, transform:str, norm:str, size:int) -> dict:
+    "The explorer's widgets by attribute name, and `widget`, the whole layout; each control has its own Layout (it shows or hides alone)."
+    W = widgets
+    style = {'description_width': '80px'}
+    wide = lambda: W.Layout(width='320px')
+    c = dict(
+        source=W.Dropdown(options=(['dataset'] if dataset is not None else []) + (['photo'] if photos else []) + ['upload'],
+                          description='image', style=style, layout=wide()),
+        index=W.IntSlider(0, 0, max(0, len(dataset) - 1) if dataset is not None else 0, description='index',
+                          continuous_update=False, style=style, layout=wide()),
+        photo=W.Dropdown(options=list(photos), description='photo', style=style, layout=wide()),
+        upload=W.FileUpload(accept='image/*', multiple=False, description='upload'),
+        stage=W.IntSlider(stage, 1, 4, description='stage', continuous_update=False, style=style, layout=wide()),
+        models=W.SelectMultiple(options=names, value=tuple(names), description='models', rows=min(6, max(2, len(names))),
+                                style=style, layout=wide()),
+        reference=W.Dropdown(options=names, value=names[0], description='reference', style=style, layout=wide()),
+        transform=W.ToggleButtons(options=list(TRANSFORM_NAMES), value=transform, description='transform', style=style),
+        norm=W.Dropdown(options=list(NORM_STATS), value=norm, description='input norm', style=style, layout=wide()),
+        size=W.Dropdown(options=sorted({32, 64, 96, 128, 224, int(size)}), value=int(size), description='size',
+                        style=style, layout=wide()),
+        new_model=W.Text(placeholder='run folder or architecture, e.g. resnet34', layout=W.Layout(width='260px')),
+        add_button=W.Button(description='add model', layout=W.Layout(width='100px')),
+        status=W.HTML(), attention_image=W.Image(format='png'), spectra_image=W.Image(format='png'),
+        loss_image=W.Image(format='png'), table=W.HTML())
+    for k in ('stage', 'attention_image', 'spectra_image', 'loss_image', 'table', 'status'):
+        c[k].add_class('dctkd-' + k.replace('_image', ''))
+    controls = W.VBox([c[k] for k in ('source', 'index', 'photo', 'upload', 'stage', 'models', 'reference', 'transform', 'norm', 'size')]
+                      + [W.HBox([c['new_model'], c['add_button']]), c['status']])
+    c['widget'] = W.VBox([W.HBox([controls, W.VBox([c['table'], c['loss_image']])]), c['attention_image'], c['spectra_image']])
+    return c
+
+
+# %% ../nbs/17_explorer.ipynb #295db3ea
+def _state(loaded:dict, names:list, x, transform:str, stage:int, cache:dict) -> dict:
+    "Features (from `cache`, else computed into it), attention maps, stage distances, DCT losses and predictions of `names` against `names[0]`."
+    ref = names[0]
+    feats, logits = {}, {}
+    for n in names:
+        if n not in cache: cache[n] = stage_features(loaded[n], x)
+        logits[n], feats[n] = cache[n]
+    dist = {n: dct_stage_distances(feats[n], feats[ref], transform=transform, pool=True)[0] for n in names if n != ref}
+    loss = {n: float(dct_loss(feats[n], feats[ref], transform=transform, reduction='none', pool=True)[0]) for n in names if n != ref}
+    L = min(len(f) for f in feats.values())
+    top = {n: int(logits[n].argmax(1)[0]) for n in names}
+    preds = {n: loaded[n].classes[top[n]] if top[n] < len(loaded[n].classes) else str(top[n]) for n in names}
+    return dict(reference=ref, models=names, transform=transform, stage=min(stage, L), n_stages=L,
+                maps={n: [attention_map(f)[0] for f in feats[n]] for n in names}, feats=feats,
+                distances=dist, losses=loss, predictions=preds)
+
+
+# %% ../nbs/17_explorer.ipynb #8b687336
+def _figures(s:dict, panel:float, gt:str=None, attention:Figure=None) -> dict:
+    "The explorer's figures for state `s`: overlays at the chosen stage (or `attention`, reused), spectra, per-stage loss."
+    st, ref, t, maps = s['stage'] - 1, s['reference'], s['transform'], s['maps']
+    labels = {n: f"pred: {s['predictions'][n]}" for n in s['models']}
+    if attention is None:
+        attention = attention_figure(maps, s['crop'], stages=[st], labels=labels, size=panel * 1.2,
+                                     title=f"{s['caption']}" + (f" — GT: {gt}" if gt else '') + f" — stage {st + 1}")
+    return {'attention': attention,
+            'spectra': spectra_figure(maps, t, stages=[st], reference=ref, size=panel,
+                                      title=f"spectra at stage {st + 1} ({t}); differences against {ref}"),
+            'loss': stage_loss_figure(s['distances'], ref, t, highlight=st, size=(3.4, 2.3))}
+
+def _loss_table(s:dict) -> str:
+    "The HTML table of each model's stage distances and DCT loss against the reference."
+    rows = ''.join(f"<tr><td>{n}</td>" + ''.join(f"<td>{v:.4f}</td>" for v in s['distances'][n].tolist())
+                   + f"<td><b>{s['losses'][n]:.4f}</b></td></tr>" for n in s['distances'])
+    head = ''.join(f"<th>stage {l + 1}</th>" for l in range(s['n_stages']))
+    return (f"<b>DCT loss ({s['transform']}) against {s['reference']}</b><table><tr><th>model</th>{head}<th>loss</th></tr>{rows}</table>"
+            if rows else f"<i>pick a second model to see its DCT loss against {s['reference']}</i>")
+
+
+# %% ../nbs/17_explorer.ipynb #94c53eb9
 class AttentionExplorer:
     "Widgets comparing the attention of several models on one image, live: overlays, spectra, per-stage DCT loss."
     def __init__(self,
@@ -148,35 +226,7 @@ class AttentionExplorer:
         if not self.photos and dataset is None: raise ValueError("AttentionExplorer: no photos and no dataset to show")
         size = size or (first.image_size if first and first.image_size else 64)
         norm = norm or (first.norm if first else 'imagenet')
-        names = list(self.loaded)
-        W = widgets
-        style = {'description_width': '80px'}
-        wide = lambda: W.Layout(width='320px')   # one Layout per control: each shows or hides on its own
-        self.source = W.Dropdown(options=(['dataset'] if dataset is not None else []) + (['photo'] if self.photos else []) + ['upload'],
-                                 description='image', style=style, layout=wide())
-        self.index = W.IntSlider(0, 0, max(0, len(dataset) - 1) if dataset is not None else 0, description='index',
-                                 continuous_update=False, style=style, layout=wide())
-        self.photo = W.Dropdown(options=list(self.photos), description='photo', style=style, layout=wide())
-        self.upload = W.FileUpload(accept='image/*', multiple=False, description='upload')
-        self.stage = W.IntSlider(stage, 1, 4, description='stage', continuous_update=False, style=style, layout=wide())
-        self.models = W.SelectMultiple(options=names, value=tuple(names), description='models', rows=min(6, max(2, len(names))),
-                                       style=style, layout=wide())
-        self.reference = W.Dropdown(options=names, value=names[0], description='reference', style=style, layout=wide())
-        self.transform = W.ToggleButtons(options=list(TRANSFORM_NAMES), value=transform, description='transform', style=style)
-        self.norm = W.Dropdown(options=list(NORM_STATS), value=norm, description='input norm', style=style, layout=wide())
-        self.size = W.Dropdown(options=sorted({32, 64, 96, 128, 224, int(size)}), value=int(size), description='size',
-                               style=style, layout=wide())
-        self.new_model = W.Text(placeholder='run folder or architecture, e.g. resnet34', layout=W.Layout(width='260px'))
-        self.add_button = W.Button(description='add model', layout=W.Layout(width='100px'))
-        self.status = W.HTML()
-        self.attention_image = W.Image(format='png')
-        self.spectra_image = W.Image(format='png')
-        self.loss_image = W.Image(format='png')
-        self.table = W.HTML()
-        for w_, cls in ((self.stage, 'dctkd-stage'), (self.attention_image, 'dctkd-attention'),
-                        (self.spectra_image, 'dctkd-spectra'), (self.loss_image, 'dctkd-loss'), (self.table, 'dctkd-table'),
-                        (self.status, 'dctkd-status')):
-            w_.add_class(cls)
+        for k, w_ in _controls(dataset, self.photos, list(self.loaded), stage, transform, norm, size).items(): setattr(self, k, w_)
         self.figures, self.state, self.error = {}, {}, None
         self._uploaded, self._cache, self._busy, self._attention_key = None, {}, False, None
         if dataset is None: self.source.value = 'photo' if self.photos else 'upload'
@@ -185,9 +235,6 @@ class AttentionExplorer:
             w_.observe(self._changed, names='value')
         self.upload.observe(self._uploaded_file, names='value')
         self.add_button.on_click(lambda _: self.add_model(self.new_model.value))
-        controls = W.VBox([self.source, self.index, self.photo, self.upload, self.stage, self.models, self.reference,
-                           self.transform, self.norm, self.size, W.HBox([self.new_model, self.add_button]), self.status])
-        self.widget = W.VBox([W.HBox([controls, W.VBox([self.table, self.loss_image])]), self.attention_image, self.spectra_image])
         self.update()
 
     # models -----------------------------------------------------------------------------------------------
@@ -199,117 +246,107 @@ class AttentionExplorer:
         self.loaded[name] = m
         return name
 
-    def add_model(self, spec) -> str:
-        "Load another model (run folder, checkpoint or architecture), add it to the choices and select it."
-        spec = str(spec).strip()
-        if not spec: return None
-        try: name = self._load(spec)
-        except Exception as e: self._fail(e); return None
-        self.models.options = list(self.loaded)
-        self.reference.options = list(self.loaded)
-        self._show_controls()
-        self.models.value = tuple(dict.fromkeys([*self.models.value, name]))   # triggers an update
-        return name
 
-    # inputs -----------------------------------------------------------------------------------------------
-    def _uploaded_file(self, change):
-        files = change['new']
-        if not files: return
-        f = files[0] if isinstance(files, (tuple, list)) else next(iter(files.values()))
-        try: self._uploaded = (f.get('name', 'upload'), as_pil(f['content']))
-        except Exception as e: self._fail(e); return
-        if self.source.value != 'upload': self.source.value = 'upload'            # triggers an update
-        else: self.update()
+# %% ../nbs/17_explorer.ipynb #0067f402
+@patch_to(AttentionExplorer)
+def add_model(self, spec) -> str:
+    "Load another model (run folder, checkpoint or architecture), add it to the choices and select it."
+    spec = str(spec).strip()
+    if not spec: return None
+    try: name = self._load(spec)
+    except Exception as e: self._fail(e); return None
+    self.models.options = list(self.loaded)
+    self.reference.options = list(self.loaded)
+    self._show_controls()
+    self.models.value = tuple(dict.fromkeys([*self.models.value, name]))   # triggers an update
+    return name
 
-    def _image(self):
-        "(key, PIL image, ground-truth label or None, caption) of the chosen source."
-        src = self.source.value
-        if src == 'dataset':
-            i = self.index.value
-            return ('dataset', i), as_pil(self.dataset.load(i)), int(self.dataset.targets[i]), f"{getattr(self.dataset, 'name', 'dataset')} #{i}"
-        if src == 'photo':
-            p = self.photos[self.photo.value]
-            return ('photo', self.photo.value), as_pil(p() if callable(p) else p), None, self.photo.value
-        if self._uploaded is None: raise ValueError('no file uploaded yet: use the upload button, or pick another image source')
-        name, img = self._uploaded
-        return ('upload', name, hashlib.sha1(img.tobytes()).hexdigest()), img, None, name
+# inputs -----------------------------------------------------------------------------------------------
+@patch_to(AttentionExplorer)
+def _uploaded_file(self, change):
+    files = change['new']
+    if not files: return
+    f = files[0] if isinstance(files, (tuple, list)) else next(iter(files.values()))
+    try: self._uploaded = (f.get('name', 'upload'), as_pil(f['content']))
+    except Exception as e: self._fail(e); return
+    if self.source.value != 'upload': self.source.value = 'upload'            # triggers an update
+    else: self.update()
 
-    def _show_controls(self):
-        "Show only the controls that apply: the index with a dataset, the photo list for photos, upload for uploads."
-        src = self.source.value
-        for w_, on in ((self.index, src == 'dataset'), (self.photo, src == 'photo'), (self.upload, src == 'upload'),
-                       (self.source, len(self.source.options) > 1), (self.reference, len(self.loaded) > 1)):
-            w_.layout.display = None if on else 'none'
+@patch_to(AttentionExplorer)
+def _image(self):
+    "(key, PIL image, ground-truth label or None, caption) of the chosen source."
+    src = self.source.value
+    if src == 'dataset':
+        i = self.index.value
+        return ('dataset', i), as_pil(self.dataset.load(i)), int(self.dataset.targets[i]), f"{getattr(self.dataset, 'name', 'dataset')} #{i}"
+    if src == 'photo':
+        p = self.photos[self.photo.value]
+        return ('photo', self.photo.value), as_pil(p() if callable(p) else p), None, self.photo.value
+    if self._uploaded is None: raise ValueError('no file uploaded yet: use the upload button, or pick another image source')
+    name, img = self._uploaded
+    return ('upload', name, hashlib.sha1(img.tobytes()).hexdigest()), img, None, name
 
-    def _changed(self, change):
-        if self._busy: return
-        self._show_controls()
-        self.update()
+@patch_to(AttentionExplorer)
+def _show_controls(self):
+    "Show only the controls that apply: the index with a dataset, the photo list for photos, upload for uploads."
+    src = self.source.value
+    for w_, on in ((self.index, src == 'dataset'), (self.photo, src == 'photo'), (self.upload, src == 'upload'),
+                   (self.source, len(self.source.options) > 1), (self.reference, len(self.loaded) > 1)):
+        w_.layout.display = None if on else 'none'
 
-    def _fail(self, e):
-        self.error = e
-        self.status.value = f"<span style='color:#b00'>{type(e).__name__}: {e}</span>"
+@patch_to(AttentionExplorer)
+def _changed(self, change):
+    if self._busy: return
+    self._show_controls()
+    self.update()
 
-    # the computation ------------------------------------------------------------------------------------------
-    def compute(self) -> dict:
-        "Features, maps, stage distances and losses for the current controls (features cached per image and input)."
-        key, img, target, caption = self._image()
-        ref = self.reference.value
-        names = [ref] + [n for n in self.loaded if n in self.models.value and n != ref]
-        x, crop = prepare_image(img, self.size.value, norm=self.norm.value)
-        ikey = (key, self.size.value, self.norm.value)
-        if self._cache.get('key') != ikey: self._cache = {'key': ikey}
-        feats, logits = {}, {}
-        for n in names:
-            if n not in self._cache: self._cache[n] = stage_features(self.loaded[n], x)
-            logits[n], feats[n] = self._cache[n]
-        t = self.transform.value
-        dist = {n: dct_stage_distances(feats[n], feats[ref], transform=t, pool=True)[0] for n in names if n != ref}
-        loss = {n: float(dct_loss(feats[n], feats[ref], transform=t, reduction='none', pool=True)[0]) for n in names if n != ref}
-        L = min(len(f) for f in feats.values())
-        preds = {n: self.loaded[n].classes[int(logits[n].argmax(1)[0])] if int(logits[n].argmax(1)[0]) < len(self.loaded[n].classes)
-                 else str(int(logits[n].argmax(1)[0])) for n in names}
-        return dict(key=key, caption=caption, target=target, crop=crop, x=x, reference=ref, models=names, transform=t,
-                    norm=self.norm.value, size=self.size.value, stage=min(self.stage.value, L), n_stages=L,
-                    maps={n: [attention_map(f)[0] for f in feats[n]] for n in names}, feats=feats,
-                    distances=dist, losses=loss, predictions=preds)
+@patch_to(AttentionExplorer)
+def _fail(self, e):
+    self.error = e
+    self.status.value = f"<span style='color:#b00'>{type(e).__name__}: {e}</span>"
 
-    def update(self):
-        "Recompute what changed and redraw every figure."
+
+# %% ../nbs/17_explorer.ipynb #5cc6cf30
+# the computation ----------------------------------------------------------------------------------------------
+@patch_to(AttentionExplorer)
+def compute(self) -> dict:
+    "Features, maps, stage distances and losses for the current controls (features cached per image and input)."
+    key, img, target, caption = self._image()
+    ref = self.reference.value
+    names = [ref] + [n for n in self.loaded if n in self.models.value and n != ref]
+    x, crop = prepare_image(img, self.size.value, norm=self.norm.value)
+    ikey = (key, self.size.value, self.norm.value)
+    if self._cache.get('key') != ikey: self._cache = {'key': ikey}
+    return dict(key=key, caption=caption, target=target, crop=crop, x=x, norm=self.norm.value, size=self.size.value,
+                **_state(self.loaded, names, x, self.transform.value, self.stage.value, self._cache))
+
+@patch_to(AttentionExplorer)
+def update(self):
+    "Recompute what changed and redraw every figure."
+    try:
+        s = self.compute()
+        self._busy = True
         try:
-            s = self.compute()
-            self._busy = True
-            try:
-                if self.stage.max != s['n_stages']: self.stage.max = s['n_stages']
-            finally: self._busy = False
-            st, ref, t, maps = s['stage'] - 1, s['reference'], s['transform'], s['maps']
-            gt = None
-            if s['target'] is not None and self.dataset is not None: gt = self.dataset.classes[s['target']]
-            labels = {n: f"pred: {s['predictions'][n]}" for n in s['models']}
-            akey = (s['key'], s['size'], s['norm'], tuple(s['models']), st)
-            same = akey == self._attention_key and 'attention' in self.figures    # e.g. only the transform changed
-            figs = {'attention': self.figures['attention'] if same else
-                                 attention_figure(maps, s['crop'], stages=[st], labels=labels, size=self.panel * 1.2,
-                                                  title=f"{s['caption']}" + (f" — GT: {gt}" if gt else '') + f" — stage {st + 1}"),
-                    'spectra': spectra_figure(maps, t, stages=[st], reference=ref, size=self.panel,
-                                              title=f"spectra at stage {st + 1} ({t}); differences against {ref}"),
-                    'loss': stage_loss_figure(s['distances'], ref, t, highlight=st, size=(3.4, 2.3))}
-            for k, f in figs.items():
-                if self.figures.get(k) is not f: fit_titles(f)                  # titles never overlap
-            for k, f in self.figures.items():
-                if figs[k] is not f: f.clear()
-            self.figures, self.state, self.error, self._attention_key = figs, s, None, akey
-            for k in ('attention', 'spectra', 'loss'):
-                if k == 'attention' and same: continue
-                image = getattr(self, f'{k}_image')
-                image.value = figure_png(figs[k], 2 * self.dpi)                  # 2× pixels, shown at 1×
-                image.width = str(round(figs[k].get_figwidth() * self.dpi))
-            rows = ''.join(f"<tr><td>{n}</td>" + ''.join(f"<td>{v:.4f}</td>" for v in s['distances'][n].tolist())
-                           + f"<td><b>{s['losses'][n]:.4f}</b></td></tr>" for n in s['distances'])
-            head = ''.join(f"<th>stage {l + 1}</th>" for l in range(s['n_stages']))
-            self.table.value = (f"<b>DCT loss ({t}) against {ref}</b><table><tr><th>model</th>{head}<th>loss</th></tr>{rows}</table>"
-                                if rows else f"<i>pick a second model to see its DCT loss against {ref}</i>")
-            self.status.value = f"{s['caption']} · {s['size']} px · norm {s['norm']} · stage {st + 1}/{s['n_stages']}"
-        except Exception as e: self._fail(e)
+            if self.stage.max != s['n_stages']: self.stage.max = s['n_stages']
+        finally: self._busy = False
+        gt = self.dataset.classes[s['target']] if s['target'] is not None and self.dataset is not None else None
+        akey = (s['key'], s['size'], s['norm'], tuple(s['models']), s['stage'] - 1)
+        same = akey == self._attention_key and 'attention' in self.figures    # e.g. only the transform changed
+        figs = _figures(s, self.panel, gt, self.figures['attention'] if same else None)
+        for k, f in figs.items():
+            if self.figures.get(k) is not f: fit_titles(f)                  # titles never overlap
+        for k, f in self.figures.items():
+            if figs[k] is not f: f.clear()
+        self.figures, self.state, self.error, self._attention_key = figs, s, None, akey
+        for k in ('attention', 'spectra', 'loss'):
+            if k == 'attention' and same: continue
+            image = getattr(self, f'{k}_image')
+            image.value = figure_png(figs[k], 2 * self.dpi)                  # 2× pixels, shown at 1×
+            image.width = str(round(figs[k].get_figwidth() * self.dpi))
+        self.table.value = _loss_table(s)
+        self.status.value = f"{s['caption']} · {s['size']} px · norm {s['norm']} · stage {s['stage']}/{s['n_stages']}"
+    except Exception as e: self._fail(e)
 
-    def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+@patch_to(AttentionExplorer)
+def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
+
