@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from torch import nn
+from fastcore.basics import patch_to
 
 from .dct import compute_dtype
 from .losses import _pool_to_common, _zscore, at_loss, dct_loss, dist_loss, dkd_loss, kd_loss, ls_kd_loss, pkt_loss
@@ -70,30 +71,37 @@ class Distiller(nn.Module):
         self.delta, self.T = float(delta), float(T)
         self.with_kd = bool(self.delta)   # the 'kd' term is logged all run, even while a schedule sets δ to 0
 
-    def start_epoch(self, epoch:int, epochs:int):
-        "Called by the trainer before each epoch (0-based, of `epochs`): where an epoch-aware method sets its weights."
 
-    def skip_batch(self, n:int) -> bool:
-        "Asked by the trainer before each training batch of `n` samples: True to take no step on it (the original SemCKD's partial batches)."
-        return False
+# %% ../nbs/05_distillers.ipynb #2cae9c88
+@patch_to(Distiller)
+def start_epoch(self, epoch:int, epochs:int):
+    "Called by the trainer before each epoch (0-based, of `epochs`): where an epoch-aware method sets its weights."
 
-    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
-        "The method's own (unweighted) loss."
-        raise NotImplementedError
+@patch_to(Distiller)
+def skip_batch(self, n:int) -> bool:
+    "Asked by the trainer before each training batch of `n` samples: True to take no step on it (the original SemCKD's partial batches)."
+    return False
 
-    def forward(self, student_out, teacher_out, targets, index=None):
-        "Named, weighted loss terms {'ce': β·CE, <name>: α·L, 'kd': δ·KD} for one batch."
-        s_logits, s_feats = student_out
-        terms = {'ce': self.beta * F.cross_entropy(s_logits.to(compute_dtype(s_logits.dtype)), targets)}
-        if teacher_out is None:
-            if self.needs_teacher: raise ValueError(f"distiller {self.name!r} needs the teacher's (logits, feats)")
-            return terms
-        t_logits, t_feats = teacher_out
-        if self.name != 'none': terms[self.name] = self.alpha * self.loss(s_logits, s_feats, t_logits, t_feats, targets, index)
-        if self.with_kd: terms['kd'] = terms.get('kd', 0.) + self.delta * kd_loss(s_logits, t_logits, self.T)   # adds to KD's own term
+@patch_to(Distiller)
+def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+    "The method's own (unweighted) loss."
+    raise NotImplementedError
+
+@patch_to(Distiller)
+def forward(self, student_out, teacher_out, targets, index=None):
+    "Named, weighted loss terms {'ce': β·CE, <name>: α·L, 'kd': δ·KD} for one batch."
+    s_logits, s_feats = student_out
+    terms = {'ce': self.beta * F.cross_entropy(s_logits.to(compute_dtype(s_logits.dtype)), targets)}
+    if teacher_out is None:
+        if self.needs_teacher: raise ValueError(f"distiller {self.name!r} needs the teacher's (logits, feats)")
         return terms
+    t_logits, t_feats = teacher_out
+    if self.name != 'none': terms[self.name] = self.alpha * self.loss(s_logits, s_feats, t_logits, t_feats, targets, index)
+    if self.with_kd: terms['kd'] = terms.get('kd', 0.) + self.delta * kd_loss(s_logits, t_logits, self.T)   # adds to KD's own term
+    return terms
 
-    def extra_repr(self): return f"alpha={self.alpha:g}, beta={self.beta:g}, delta={self.delta:g}, T={self.T:g}"
+@patch_to(Distiller)
+def extra_repr(self): return f"alpha={self.alpha:g}, beta={self.beta:g}, delta={self.delta:g}, T={self.T:g}"
 
 # %% ../nbs/05_distillers.ipynb #5f281ec2
 _REGISTRY = {}
@@ -195,6 +203,8 @@ def _default(cls, arg):
     "The default of keyword `arg` of `cls.__init__`."
     return inspect.signature(cls.__init__).parameters[arg].default
 
+
+# %% ../nbs/05_distillers.ipynb #cd969c55
 def spatial_taps(student_shapes:list,      # per-sample tap shapes (batch dim dropped)
                  teacher_shapes:list=None, # the teacher's, or None to look at the student's alone
                 ) -> tuple:
@@ -247,6 +257,8 @@ class KD(Distiller):
         return 'as is' if student_classes == teacher_classes else f"cannot: student has {student_classes} classes, teacher {teacher_classes}"
     def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index): return kd_loss(s_logits, t_logits, self.T)
 
+
+# %% ../nbs/05_distillers.ipynb #a6cf0fc5
 @register
 class DCT(Distiller):
     "The DCT-driven attention loss on every spatial stage (four on torchvision nets, three on CIFAR nets), with the prediction guide."
@@ -273,6 +285,8 @@ class DCT(Distiller):
         return dct_loss([s_feats[i] for i in self.stages], [t_feats[i] for i in self.stages], transform=self.transform,
                         pool=self.pool, **guide)
 
+
+# %% ../nbs/05_distillers.ipynb #d2139d39
 @register
 class AT(Distiller):
     "Attention transfer on every spatial stage (four on torchvision nets, three on CIFAR nets); variant 'code' (the original's) or 'paper'."
@@ -399,6 +413,8 @@ class ContrastMemory(nn.Module):
                 self.memory_t[index] = F.normalize(self.memory_t[index] * m + v_t.detach() * (1 - m), dim=1)
         return out_s / Z[0], out_t / Z[1]
 
+
+# %% ../nbs/05_distillers.ipynb #412a0a97
 def nce_loss(x:torch.Tensor, # (B, K+1) scores, the positive first
              num_train:int,  # N, the size of the memory
              eps:float=1e-7) -> torch.Tensor:
@@ -456,6 +472,8 @@ def _semckd_regressor(s_ch, t_ch):
                          nn.Conv2d(mid, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
                          nn.Conv2d(mid, t_ch, 1, bias=False))
 
+
+# %% ../nbs/05_distillers.ipynb #39dfa19b
 @register
 class SemCKD(Distiller):
     "Semantic calibration for cross-layer KD on the last three spatial stages of both networks (a1–a3; a0–a2 on CIFAR nets)."
@@ -508,40 +526,45 @@ class SemCKD(Distiller):
             zero = 0. * student_out[0].to(compute_dtype(student_out[0].dtype)).sum()
             return {k: zero for k in ['ce', self.name] + (['kd'] if self.with_kd else [])}
         return super().forward(student_out, teacher_out, targets, index)
-
-    def _gram_rows(self, f):
-        "Rows of the chunk's Gram matrix, zero-padded to the training batch size."
-        f = f.flatten(1).to(self.query[0].net[0].weight.dtype)
-        g = f @ f.T
-        return F.pad(g, (0, self.batch_size - g.shape[1]))
-
-    def weights(self, s_feats, t_feats):
-        "Attention w[b, i, j] of student stage i on teacher stage j, computed chunk by chunk."
-        out = []
-        for c in range(0, s_feats[0].shape[0], self.batch_size):
-            sl = slice(c, c + self.batch_size)
-            q = torch.stack([m(self._gram_rows(f[sl])) for m, f in zip(self.query, s_feats)], 1)   # (b, S, d)
-            k = torch.stack([m(self._gram_rows(f[sl])) for m, f in zip(self.key, t_feats)], 1)     # (b, T, d)
-            out.append(torch.softmax(q @ k.transpose(1, 2), -1))
-        return torch.cat(out)
-
-    def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
-        fs = [s_feats[i] for i in self.s_stages]
-        ft = [t_feats[j].detach() for j in self.t_stages]
-        w = self.weights(fs, ft)
-        B, S, T = w.shape
-        mse = []
-        for a, f_s in enumerate(fs):
-            for b, f_t in enumerate(ft):
-                s_in, t_in = f_s, f_t
-                if s_in.shape[-1] > t_in.shape[-1]: s_in = F.adaptive_avg_pool2d(s_in, t_in.shape[-2:])
-                else: t_in = F.adaptive_avg_pool2d(t_in, s_in.shape[-2:])
-                mse.append((self.regressors[a * T + b](s_in) - t_in).square().flatten(1).mean(1))
-        mse = torch.stack(mse, 1).view(B, S, T)
-        return (w * mse).sum() / (B * S)
     def extra_repr(self):
         return (super().extra_repr() + f", batch_size={self.batch_size}, bn_eval_after_first_epoch={self.bn_eval_after_first_epoch}"
                 f", skip_partial={self.skip_partial}")
+
+# %% ../nbs/05_distillers.ipynb #0b858da4
+@patch_to(SemCKD)
+def _gram_rows(self, f):
+    "Rows of the chunk's Gram matrix, zero-padded to the training batch size."
+    f = f.flatten(1).to(self.query[0].net[0].weight.dtype)
+    g = f @ f.T
+    return F.pad(g, (0, self.batch_size - g.shape[1]))
+
+@patch_to(SemCKD)
+def weights(self, s_feats, t_feats):
+    "Attention w[b, i, j] of student stage i on teacher stage j, computed chunk by chunk."
+    out = []
+    for c in range(0, s_feats[0].shape[0], self.batch_size):
+        sl = slice(c, c + self.batch_size)
+        q = torch.stack([m(self._gram_rows(f[sl])) for m, f in zip(self.query, s_feats)], 1)   # (b, S, d)
+        k = torch.stack([m(self._gram_rows(f[sl])) for m, f in zip(self.key, t_feats)], 1)     # (b, T, d)
+        out.append(torch.softmax(q @ k.transpose(1, 2), -1))
+    return torch.cat(out)
+
+@patch_to(SemCKD)
+def loss(self, s_logits, s_feats, t_logits, t_feats, targets, index):
+    fs = [s_feats[i] for i in self.s_stages]
+    ft = [t_feats[j].detach() for j in self.t_stages]
+    w = self.weights(fs, ft)
+    B, S, T = w.shape
+    mse = []
+    for a, f_s in enumerate(fs):
+        for b, f_t in enumerate(ft):
+            s_in, t_in = f_s, f_t
+            if s_in.shape[-1] > t_in.shape[-1]: s_in = F.adaptive_avg_pool2d(s_in, t_in.shape[-2:])
+            else: t_in = F.adaptive_avg_pool2d(t_in, s_in.shape[-2:])
+            mse.append((self.regressors[a * T + b](s_in) - t_in).square().flatten(1).mean(1))
+    mse = torch.stack(mse, 1).view(B, S, T)
+    return (w * mse).sum() / (B * S)
+
 
 # %% ../nbs/05_distillers.ipynb #51366068
 class ABF(nn.Module):
@@ -576,6 +599,8 @@ def hcl_loss(fs_list, ft_list, levels=(4, 2, 1)) -> torch.Tensor:
         total = total + loss / tot
     return total
 
+
+# %% ../nbs/05_distillers.ipynb #4e17e241
 @register
 class ReviewKD(Distiller):
     "Knowledge review: ABF fusion of all student levels, compared with the teacher's by the HCL loss."
