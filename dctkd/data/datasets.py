@@ -85,6 +85,8 @@ def _require(path, name, root) -> Path:
     if not Path(path).exists(): raise _not_found(name, root, path)
     return Path(path)
 
+
+# %% ../../nbs/09_datasets.ipynb #47437f5a
 def _lines(path) -> list:
     "(line number, text) of the non-empty lines of a UTF-8 text file, surrounding whitespace removed; a ValueError naming the file and line when it is not UTF-8."
     data = Path(path).read_bytes()
