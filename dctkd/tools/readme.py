@@ -27,6 +27,8 @@ def _output(o):
     import nbformat
     return nbformat.from_dict(o)
 
+
+# %% ../../nbs/tools/00_readme.ipynb #6edc98cd
 def is_local_link(url:str) -> bool:
     "True for a link relative to the page: no scheme (`https:`, `data:`), not absolute, not an anchor."
     import re
@@ -43,6 +45,8 @@ def rebase_images(md:str, # Markdown whose relative image links are relative to 
         return f"![{m.group(1)}]({(rel / url).as_posix()})" if is_local_link(url) else m.group(0)
     return re.sub(r'!\[([^\]]*)\]\(([^)\s]+)\)', fix, md)
 
+
+# %% ../../nbs/tools/00_readme.ipynb #b4c4d4ec
 def readme_markdown(nb_path, # the readme notebook
                     dest=None, # folder the README is written to (default: the notebook's folder: image links unchanged)
                    ) -> str:

@@ -86,6 +86,28 @@ def cli_page(args=None) -> dict:
     return dict(r, title='Command-line reference', description='', seconds=0, exports=[], error=None, executed=False, outputs=0,
                 helps=helps)
 
+# %% ../../nbs/tools/01_site.ipynb #606b5276
+def _site_sections(nbs:Path, cli:bool=True) -> tuple:
+    "The sidebar's sections (sidebar.yml's; 'More' for notebooks it does not list; the command-line 'Reference') and the pages in order."
+    secs = read_sidebar(nbs)
+    listed = {r for _, items in secs for r in items}
+    extra = sorted(p.name for p in nbs.glob('*.ipynb') if p.name not in listed and not p.name.startswith(('_', '.')))
+    user = max([i for i, (_, items) in enumerate(secs) if not all(is_maintainer(r) for r in items)], default=0) + 1
+    if extra: secs.insert(user, ('More', extra)); user += 1           # notebooks sidebar.yml does not list yet
+    if cli: secs.insert(user, ('Reference', [CLI_PAGE]))
+    return secs, [r for _, items in secs for r in items]
+
+def _site_report(out, rels:list, pages:dict, seconds:float, mathjax, cli:bool) -> dict:
+    "What `build_site` returns: the pages in order, figures, math source, errors, executed pages, maintainer pages, commands."
+    return dict(out=str(out), pages=[pages[r]['page'] for r in rels], seconds=seconds,
+                figures=sum(len(p['figures']) for p in pages.values()), mathjax='local' if mathjax else 'cdn',
+                errors={r: p['error'] for r, p in pages.items() if p['error']},
+                executed={pages[r]['page']: dict(outputs=pages[r]['outputs'], seconds=pages[r]['seconds'])
+                          for r in rels if pages[r]['executed']},
+                maintainer=[pages[r]['page'] for r in rels if is_maintainer(r)],
+                commands=sorted(pages[CLI_PAGE]['helps']) if cli else [])
+
+
 # %% ../../nbs/tools/01_site.ipynb #67bd9228
 def build_site(out:str='_docs', execute=False, budget:float=600., n_workers:int=2, mathjax=None, quiet=True,
                executed=None, cli=True) -> dict:
@@ -100,13 +122,7 @@ def build_site(out:str='_docs', execute=False, budget:float=600., n_workers:int=
     nbs, out = Path(cfg.nbs_path), Path(out)
     if not out.is_absolute(): out = Path(cfg.config_path)/out
     executed = str(Path(executed).resolve()) if executed else None
-    secs = read_sidebar(nbs)
-    listed = {r for _, items in secs for r in items}
-    extra = sorted(p.name for p in nbs.glob('*.ipynb') if p.name not in listed and not p.name.startswith(('_', '.')))
-    user = max([i for i, (_, items) in enumerate(secs) if not all(is_maintainer(r) for r in items)], default=0) + 1
-    if extra: secs.insert(user, ('More', extra)); user += 1           # notebooks sidebar.yml does not list yet
-    if cli: secs.insert(user, ('Reference', [CLI_PAGE]))
-    rels = [r for _, items in secs for r in items]
+    secs, rels = _site_sections(nbs, cli)
     def _ex(r):
         if execute is True: return True
         if not execute: return False
@@ -142,13 +158,7 @@ def build_site(out:str='_docs', execute=False, budget:float=600., n_workers:int=
         for n in p['exports']: api[n] = p['page'] + '#' + n.lower()
     (out/'search.json').write_text(json.dumps(index))
     (out/'api.json').write_text(json.dumps(api, indent=1))
-    report = dict(out=str(out), pages=[pages[r]['page'] for r in rels], seconds=round(time.time() - t0, 1),
-                  figures=sum(len(p['figures']) for p in pages.values()), mathjax='local' if mj else 'cdn',
-                  errors={r: p['error'] for r, p in pages.items() if p['error']},
-                  executed={pages[r]['page']: dict(outputs=pages[r]['outputs'], seconds=pages[r]['seconds'])
-                            for r in rels if pages[r]['executed']},
-                  maintainer=[pages[r]['page'] for r in rels if is_maintainer(r)],
-                  commands=sorted(pages[CLI_PAGE]['helps']) if cli else [])
+    report = _site_report(out, rels, pages, round(time.time() - t0, 1), mj, cli)
     if not quiet: print(json.dumps(report, indent=1))
     return report
 
