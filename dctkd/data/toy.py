@@ -46,6 +46,27 @@ def _profile(r, x, amp, n=3):
 def _box(M, x, y, x0, x1, y0, y1, mat):
     M[(x >= x0) & (x < x1) & (y >= y0) & (y < y1)] = _ID[mat]
 
+# %% ../../nbs/07_toy.ipynb #c77ec704
+def _perspective(cls, r, M, x, y, xs):
+    "Draw a street (a road between facades) or a corridor (a box seen from inside) into the material map `M`, in one-point perspective."
+    vx, vy = r.uniform(.4, .6), r.uniform(.35, .55)
+    if cls == 'street':
+        M[:] = _ID['sky']; M[y > vy] = _ID['road']
+        for side in (-1, 1):
+            g = r.uniform(.04, .1)
+            edge = vx + side * g                                  # the facade's far edge
+            t = np.clip((xs - (0 if side < 0 else 1)) / (edge - (0 if side < 0 else 1)), 0, 1)
+            top = r.uniform(0, .2) * (1 - t) + (vy - r.uniform(.04, .1)) * t
+            bot = r.uniform(.8, 1.) * (1 - t) + (vy + .03) * t
+            M[((x < edge) if side < 0 else (x > edge)) & (y > top) & (y < bot)] = _ID['building']
+    else:
+        bw, bh = r.uniform(.1, .18), r.uniform(.12, .2)
+        dx, dy = (x - vx) / bw, (y - vy) / bh
+        M[:] = np.where(np.abs(dx) > np.abs(dy), _ID['wall'], np.where(dy < 0, _ID['ceiling'], _ID['floor']))
+        M[(np.abs(dx) <= 1) & (np.abs(dy) <= 1)] = _ID['back-wall']
+        _box(M, x, y, vx - .4 * bw, vx + .4 * bw, vy - .4 * bh, vy + bh, 'door')
+
+
 # %% ../../nbs/07_toy.ipynb #74a20a0f
 def _layout(cls, r, x, y):
     "Material map (H, W) of one scene of class `cls`; x (1, W) and y (H, 1) are coordinates in [0, 1]."
@@ -73,23 +94,7 @@ def _layout(cls, r, x, y):
             fw, fh = r.uniform(.15, .35), r.uniform(.1, .25)
             fx, fb = r.uniform(0, 1 - fw), f + r.uniform(.05, .2)
             _box(M, x, y, fx, fx + fw, fb - fh, fb, 'furniture')
-    elif cls in ('street', 'corridor'):               # one-point perspective: a road between facades / a box seen from inside
-        vx, vy = r.uniform(.4, .6), r.uniform(.35, .55)
-        if cls == 'street':
-            M[:] = _ID['sky']; M[y > vy] = _ID['road']
-            for side in (-1, 1):
-                g = r.uniform(.04, .1)
-                edge = vx + side * g                                  # the facade's far edge
-                t = np.clip((xs - (0 if side < 0 else 1)) / (edge - (0 if side < 0 else 1)), 0, 1)
-                top = r.uniform(0, .2) * (1 - t) + (vy - r.uniform(.04, .1)) * t
-                bot = r.uniform(.8, 1.) * (1 - t) + (vy + .03) * t
-                M[((x < edge) if side < 0 else (x > edge)) & (y > top) & (y < bot)] = _ID['building']
-        else:
-            bw, bh = r.uniform(.1, .18), r.uniform(.12, .2)
-            dx, dy = (x - vx) / bw, (y - vy) / bh
-            M[:] = np.where(np.abs(dx) > np.abs(dy), _ID['wall'], np.where(dy < 0, _ID['ceiling'], _ID['floor']))
-            M[(np.abs(dx) <= 1) & (np.abs(dy) <= 1)] = _ID['back-wall']
-            _box(M, x, y, vx - .4 * bw, vx + .4 * bw, vy - .4 * bh, vy + bh, 'door')
+    elif cls in ('street', 'corridor'): _perspective(cls, r, M, x, y, xs)   # one-point perspective
     elif cls == 'mountain':                           # sky above jagged peaks, rock, then ground
         ridge = np.full_like(xs, r.uniform(.45, .6))
         for _ in range(r.integers(2, 4)):
@@ -226,6 +231,8 @@ def _toy_sun397(d, classes, items, images, held, seed, n, vf):
                      if (k in test[c]) == want]
             (d/'Partitions'/f"{kind}_{p:02d}.txt").write_text('\n'.join(lines) + '\n')
 
+
+# %% ../../nbs/07_toy.ipynb #c88498f0
 def _toy_mit67(d, classes, items, images, held, seed, n, vf):
     lists = {'TrainImages.txt': [], 'TestImages.txt': []}
     for (c, k), img in zip(items, images):
