@@ -107,7 +107,7 @@ clean:
 CPU_BENCH ?=
 .PHONY: cpu-bench bench-check
 cpu-bench: $(STAMP)
-	@MPLBACKEND=Agg $(BIN)/python -c "import sys; from dctkd.bench import bench_cli; sys.exit(bench_cli())" --jobs 2 --threads 1 $(CPU_BENCH)
+	@MPLBACKEND=Agg $(BIN)/python -c "import sys; from dctkd.bench import bench_cli; sys.exit(bench_cli())" --jobs 2 --threads 1 --plan nbs/experiments/plans/cpu-bench.yaml --kd-note benchmarks/cpu-bench-kd-note.md $(CPU_BENCH)
 
 # Retrain one committed benchmark cell from the committed teacher (benchmarks/results/cpu-bench-check.json,
 # cpu-bench-teacher.pt): bit for bit where the fingerprint matches, within the cell's committed range elsewhere.

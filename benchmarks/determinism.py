@@ -16,7 +16,7 @@ import time
 
 from common import Report, arguments, fmt, parse, ratios
 
-QUICK = dict(rounds=1, steps=3)
+QUICK = dict(rounds=1, steps=3, settings=2)
 PIN_AVX2 = {'ATEN_CPU_CAPABILITY': 'avx2', 'DNNL_MAX_CPU_ISA': 'AVX2', 'MKL_CBWR': 'AVX2'}
 # name -> (environment on top of one thread, oneDNN enabled)
 SETTINGS = {
@@ -72,13 +72,15 @@ def main():
     ap = arguments(__doc__, QUICK)
     ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds; medians and ranges are over these')
     ap.add_argument('--steps', type=int, default=30, help='SGD steps per run (one more as warm-up)')
+    ap.add_argument('--settings', type=int, default=len(SETTINGS), help=f'the first N of the {len(SETTINGS)} settings')
     a = parse(ap)
     base = {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
     for k in (*PIN_AVX2, 'ONEDNN_VERBOSE'): base.pop(k, None)
     with Report('determinism', 'Kernel pinning: cost and bits (`benchmarks/determinism.py`)', a) as rep:
         rep.line(f'\nOne fresh process per run: {a.steps} SGD steps of ResNet-20 -> ResNet-8, DCT + KD, batch 16 at 32 px; '
                  f'{a.rounds} interleaved rounds; time per step median [min–max]; ratio to "unpinned" per round')
-        names, res = list(SETTINGS), {n: [] for n in SETTINGS}
+        names = list(SETTINGS)[:max(1, a.settings)]
+        res = {n: [] for n in names}
         for r in range(a.rounds):
             for n in names[r % len(names):] + names[:r % len(names)]:
                 env, mk = SETTINGS[n]

@@ -1,11 +1,13 @@
 """Benchmark: where a CPU-benchmark student run's time goes (step, teacher, data, validation, checkpoints, logging, setup, other), for training settings interleaved run by run.
 
-A student of the CPU benchmark (nbs/experiments/plans/cpu-bench.yaml: ResNet-18 DCT + KD from a ResNet-18 teacher on
-the toy bench scenes at 32 px, 10 labelled images per class, batch 16, 25 epochs, cpu-toy's workers=0) trained by
-`fit`, its parts timed by wrapping the trainer's own functions. Each round trains one run of every variant, in a
-rotated order; the table gives median [min–max] seconds over the rounds and each variant's wall time against the
-first variant's, per round.
-Usage: `python benchmarks/split.py [--epochs 25] [--rounds 3] [--variants before val5] [--quick] [--out DIR]`.
+A student of the CPU benchmark as its plan says (nbs/experiments/plans/cpu-bench.yaml, read here: the DCT + KD row, a
+ResNet-8 from a ResNet-20 teacher on the toy bench scenes at 32 px, 10 labelled images per class, batch 16, 30 epochs,
+cpu-toy's workers=0) trained by `fit`, its parts timed by wrapping the trainer's own functions. The teacher is a short
+stand-in (its speed is what matters, not its accuracy). Variants: `before` the settings before issue 25 (validation every
+epoch, TensorBoard when installed, each term's gradient norm every 5th batch as the plan logs it), `plan` the plan's own
+settings, and others on top of the plan. Each round trains one run of every variant, in a rotated order; the table gives
+median [min–max] seconds over the rounds and each variant's CPU and wall time against the first variant's, per round.
+Usage: `python benchmarks/split.py [--epochs 30] [--rounds 3] [--variants before plan plan-notb] [--quick] [--out DIR]`.
 """
 import contextlib
 import time
@@ -17,13 +19,15 @@ import dctkd.train as T
 from dctkd.config import make_config
 from dctkd.data.toy import TOY_BENCH, make_toy_scenes
 from dctkd.models import FrozenTeacher
+from dctkd.plan import load_plan, plan_path
 
 from common import Report, arguments, fmt, parse, ratios
 
 QUICK = dict(epochs=2, rounds=1, per_class=40)
-# name -> config keys on top of the benchmark student's
-VARIANTS = {'before': {}, 'val5': {'val_every': 5}, 'val5-notb': {'val_every': 5, 'tensorboard': 'off'},
-            'notb': {'tensorboard': 'off'}, 'gnorm': {'log_gnorm': 1}}
+# name -> config keys on top of the plan's student (`before`: what the plan's settings replaced)
+VARIANTS = {'before': {'val_every': 1, 'tensorboard': 'auto'}, 'plan': {}, 'plan-notb': {'tensorboard': 'off'},
+            'nognorm': {'log_gnorm': 0}, 'val1': {'val_every': 1}}
+ROW = 'dct-kd'                     # the plan's row timed here
 PARTS = ['step', 'teacher', 'data', 'validation', 'checkpoint', 'logging', 'summary', 'setup']
 
 
@@ -84,23 +88,28 @@ def instrumented(timer):
 
 def main():
     ap = arguments(__doc__, QUICK)
-    ap.add_argument('--epochs', type=int, default=25)
+    ap.add_argument('--epochs', type=int, default=None, help="the student's epochs (default: the plan's)")
     ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds; medians and ranges are over these')
-    ap.add_argument('--per-class', type=int, default=TOY_BENCH['n_per_class'], help="toy scenes per class (the benchmark's: 150, 30 held out)")
-    ap.add_argument('--variants', nargs='+', default=['before', 'val5'], choices=list(VARIANTS))
+    ap.add_argument('--per-class', type=int, default=TOY_BENCH['n_per_class'], help=f"toy scenes per class (the benchmark's: {TOY_BENCH['n_per_class']}, half held out)")
+    ap.add_argument('--variants', nargs='+', default=['before', 'plan', 'plan-notb'], choices=list(VARIANTS))
     ap.set_defaults(threads=1)
     a = parse(ap)
+    plan = load_plan(plan_path('cpu-bench'))
+    row = next(r for r in plan['runs'] if r['name'] == ROW)
+    teacher_row = next(r for r in plan['runs'] if r['name'] == row['teacher'])
     with Report('split', 'Where a CPU-benchmark student run spends its time (`benchmarks/split.py`)', a) as rep:
         root = rep.scratch / 'toy-bench'
         make_toy_scenes(root, layout='mit67', progress=False, **{**TOY_BENCH, 'n_per_class': a.per_class})
-        base = dict(dataset='toy', root=str(root), out=str(rep.scratch / 'runs'), image_size=32, batch_size=16, lr=0.025, lr_step=18,
-                    train_per_class=10, progress=False)
+        place = dict(root=str(root), out=str(rep.scratch / 'runs'), progress=False)
         with contextlib.redirect_stdout(None):
-            teacher = T.fit(make_config('cpu-toy', **{**base, 'train_per_class': 0}, arch='resnet18', epochs=1, max_batches=2, name='teacher'))
-        student = dict(base, arch='resnet18', method='dct+kd', teacher=str(teacher), epochs=a.epochs,
-                       hparams={'stages': [0, 1, 2]})        # layer4 is 1×1 at 32 px: `check` refuses to distil it
-        rep.line(f'\nOne student run of the CPU benchmark (ResNet-18 DCT + KD, 80 training and {8 * a.per_class // 5} validation images at 32 px, batch 16, '
-                 f'{a.epochs} epochs, {torch.get_num_threads()} thread), its parts timed in CPU seconds of the process (steadier than wall time on a shared machine); median [min–max] over {a.rounds} '
+            teacher = T.fit(make_config(teacher_row['preset'], **{**teacher_row['config'], **place, 'epochs': 1, 'max_batches': 2}, name='teacher'))
+        student = {**row['config'], **place, 'teacher': str(teacher), **({'epochs': a.epochs} if a.epochs else {})}
+        student.pop('val_split', None)
+        n_val = round(TOY_BENCH['n_classes'] * a.per_class * TOY_BENCH['val_fraction'])
+        rep.line(f"\nOne student run of the CPU benchmark (plan cpu-bench, row {ROW}: {student['arch']} {student['method'].upper()} from a "
+                 f"{teacher_row['config']['arch']} teacher, {TOY_BENCH['n_classes'] * student['train_per_class']} training and {n_val} validation images at {student['image_size']} px, "
+                 f"batch {student['batch_size']}, {student['epochs']} epochs, validation every {student['val_every']} (plan), gradient norms every "
+                 f"{student['log_gnorm']}th batch, {torch.get_num_threads()} thread), its parts timed in CPU seconds of the process (steadier than wall time on a shared machine); median [min–max] over {a.rounds} "
                  f'interleaved rounds, with each part\'s share of the run. `step` is the optimiser step without the teacher\'s forward (`teacher`); `data` the training '
                  f'batches\' loading and augmentation; `validation` includes its own data; `setup` opening the data and building the '
                  'networks; `other` the rest of the wall time.')
@@ -112,7 +121,7 @@ def main():
                 timer = Timer()
                 t0, w0 = time.process_time(), time.perf_counter()
                 with instrumented(timer), contextlib.redirect_stdout(None):
-                    T.fit(make_config('cpu-toy', **student, **VARIANTS[v], name=f'{v}-{r}'))
+                    T.fit(make_config(row['preset'], **{**student, **VARIANTS[v]}, name=f'{v}-{r}'))
                 wall, walls[v] = time.process_time() - t0, walls[v] + [time.perf_counter() - w0]
                 times[v].append(wall)
                 for p in PARTS: parts[v][p].append(timer.t[p])

@@ -32,7 +32,12 @@ def test_notebooks_found():
     assert {'index', '00_dct', '01_attention', '02_losses', '03_compat', '13_runs', '00_readme'} <= names
 
 
-@pytest.mark.parametrize('nb', _notebooks(), ids=lambda p: str(p.relative_to(NBS)))
+# the docs-site tests (tests/test_site.py, all in xdist group 'site') reuse the outputs of these notebooks' runs: one worker runs them all
+SITE_NOTEBOOKS = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '14_evaluate', '16_figures', '17_explorer']
+
+
+@pytest.mark.parametrize('nb', [pytest.param(p, marks=[pytest.mark.xdist_group('site')] if p.stem in SITE_NOTEBOOKS and p.parent == NBS else [])
+                                for p in _notebooks()], ids=lambda p: str(p.relative_to(NBS)))
 def test_notebook(nb, tmp_path_factory):
     from nbdev.test import test_nb
     from dctkd.tools.site import record_outputs

@@ -1,6 +1,7 @@
 """The shipped plans run what they say: every job of the paper plans resolves, key by key, to the original's
 hyper-parameters written out below from its code (original-method.md §2, §4, §5); the dctkd and ablation plans run
 dctkd's recipe and the ablation grid; the toy ablation plan runs end to end at tiny size with its table layout."""
+import functools
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,12 @@ def _jobs(ds):
     return plan, [(j, make_config(j['preset'] or None, **j['config'])) for j in plan_jobs(plan, '/tmp/sweep')]
 
 
+@functools.lru_cache(maxsize=None)
+def _taps(arch, size):
+    "The spatial tap shapes of `arch` at `size` (a probe forward: one per architecture and size, not one per job)."
+    return [x[1:] for x in tap_shapes(arch, size)]
+
+
 @pytest.mark.parametrize('ds', DATASETS)
 def test_paper_plans_resolve_to_the_original_hyper_parameters(ds):
     plan, jobs = _jobs(ds)
@@ -55,7 +62,7 @@ def test_paper_plans_resolve_to_the_original_hyper_parameters(ds):
         if not distillers.method(cfg.method).in_paper: continue        # beyond the paper: their own papers' settings
         seen.add(cfg.method)
         spec = {**METHOD[base], **(PLUS_KD if cfg.method.endswith('+kd') else {})}
-        taps = [x[1:] for x in tap_shapes(cfg.arch, cfg.image_size)]   # the stages a method picks itself (its rule over the spatial taps)
+        taps = _taps(cfg.arch, cfg.image_size)                          # the stages a method picks itself (its rule over the spatial taps)
         hp = {**distillers.method(cfg.method).cls.default_stages(taps, taps), **method_hparams(cfg)}
         got = {k: (tuple(hp[k]) if isinstance(hp[k], list) else hp[k]) for k in spec}
         assert got == spec, (ds, job['key'], {k: (got[k], spec[k]) for k in spec if got[k] != spec[k]})

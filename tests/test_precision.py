@@ -13,7 +13,8 @@ from dctkd.losses import dct_loss
 from dctkd.models import FrozenTeacher, build_model
 from dctkd.train import Trainee, train_step
 
-B, NC, SIZE = 4, 5, 64          # 64 px: a ResNet-18's maps are 16², 8², 4², 2² (none 1×1, where normalisations are constant)
+B, NC, SIZE = 4, 5, 32          # the CPU benchmark's pair: ResNet-20 -> ResNet-8, maps 32², 16², 8² (none 1×1, where normalisations are constant)
+TEACHER, STUDENT = 'resnet20', 'resnet8'
 REL, ABS = 0.05, 2e-3           # bf16 vs fp32: |a - b| <= REL·|b| + ABS
 POOL = dict(nce_k=8, batch_size=B, factor=2)    # hyper-parameters some methods need to fit a 4-image batch (CRD, SemCKD)
 
@@ -21,7 +22,7 @@ POOL = dict(nce_k=8, batch_size=B, factor=2)    # hyper-parameters some methods 
 @pytest.fixture(scope='module')
 def pair():
     torch.manual_seed(0)
-    teacher = FrozenTeacher(build_model('resnet18', NC))
+    teacher = FrozenTeacher(build_model(TEACHER, NC))
     x = torch.randn(B, 3, SIZE, SIZE)
     y = teacher(x)[0].argmax(1)                 # labels the teacher gets right: prediction guides keep every sample
     return teacher, x, y
@@ -40,7 +41,7 @@ def _build(name, student, teacher):
 def _terms(name, teacher, x, y, amp, epoch=0):
     "The distiller's terms in epoch `epoch` of 100, and the gradients of their sum, from the same initial weights, under `amp` (None: fp32)."
     torch.manual_seed(1)
-    student = build_model('resnet18', NC)
+    student = build_model(STUDENT, NC)
     tr = Trainee(student, _build(name, student, teacher)).train()
     tr.distiller.start_epoch(epoch, 100)             # epoch-aware methods: an initialisation phase first (FT, AB, ...), the main one last
     with torch.autocast('cpu', dtype=amp or torch.bfloat16, enabled=amp is not None):

@@ -14,7 +14,7 @@ def test_ci_runs_the_readme_test_command():
 
 def test_constraints_pin_torch_and_torchvision_and_make_uses_them():
     pins = {l.strip() for l in (ROOT / 'constraints.txt').read_text().splitlines() if l.strip() and not l.startswith('#')}
-    assert pins == {'torch==2.13.0', 'torchvision==0.28.0'}
+    assert pins == {'torch==2.13.0', 'torchvision==0.28.0', 'pytest<9.2'}      # pytest 9.2 breaks xdist's loadgroup (see the file)
     mk = (ROOT / 'Makefile').read_text()
     assert '-c constraints.txt' in mk and 'torch==2.13.0' in mk
 

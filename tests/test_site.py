@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / 'tests' / 'site'
 CHROMIUM = os.environ.get('CHROMIUM', '/usr/bin/chromium')
 # notebooks whose executed outputs the assertions read: run here only when test_notebooks.py did not save them already
-EXECUTE = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '14_evaluate', '16_figures', '17_explorer']
+from test_notebooks import SITE_NOTEBOOKS as EXECUTE  # noqa: E402
+
+pytestmark = pytest.mark.xdist_group('site')        # with those notebooks' runs in tests/test_notebooks.py: one worker, their outputs
 
 
 def _modules():
