@@ -1096,7 +1096,7 @@ class AB(_InitPhase):
         return 'as is (pre-activation taps; connectors built in where the shapes differ)'
     @classmethod
     def from_models(cls, student, teacher):
-        "Switches both networks to pre-activation taps (`TappedModel.record_preact`); holds the student for `init_bn_eval`."
+        "Switches both networks to pre-activation taps (`record_preact`); holds the student for `init_bn_eval`."
         _to_preact(cls.name, student, teacher)
         return super().from_models(student, teacher)
     def __init__(self, student_shapes, teacher_shapes, num_train=None, *, margin=1.0, stages=None, **kw):
