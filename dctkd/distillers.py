@@ -521,7 +521,7 @@ class SemCKD(Distiller):
         return n < self.full_batch
 
     def forward(self, student_out, teacher_out, targets, index=None):
-        "As `Distiller.forward`; a batch `skip_batch` skips gives zero terms (zero gradient) when called anyway."
+        "As `Distiller`'s forward; a batch `skip_batch` skips gives zero terms (zero gradient) when called anyway."
         if teacher_out is not None and self.skip_batch(len(targets)):   # zero terms: the student's zero gradient keeps DDP waiting on nothing
             zero = 0. * student_out[0].to(compute_dtype(student_out[0].dtype)).sum()
             return {k: zero for k in ['ce', self.name] + (['kd'] if self.with_kd else [])}
@@ -1005,7 +1005,7 @@ class _InitPhase(Distiller):
         "The initialisation phase's (unweighted) objective."
         raise NotImplementedError
     def forward(self, student_out, teacher_out, targets, index=None):
-        "As `Distiller.forward`; in the initialisation phase {'ce': 0, <name>: init_weight·init_loss, 'kd': 0}."
+        "As `Distiller`'s forward; in the initialisation phase {'ce': 0, <name>: init_weight·init_loss, 'kd': 0}."
         if teacher_out is None or not self.in_init: return super().forward(student_out, teacher_out, targets, index)
         zero = torch.zeros((), dtype=compute_dtype(student_out[0].dtype), device=student_out[0].device)
         terms = {'ce': zero, self.name: self.init_weight * self.init_loss(*student_out, *teacher_out, targets, index)}

@@ -173,7 +173,7 @@ def attention_ssim(student_feats,          # student features: a (B, C, H, W) te
 # %% ../nbs/13b_eval_report.ipynb #f03b96f7
 def _pct(v): return 'n/a' if v is None or (isinstance(v, float) and math.isnan(v)) else f'{v:.2f} %'
 
-def format_report(results:dict,          # what `evaluate_model` or `Metrics.compute` returns
+def format_report(results:dict,          # what `evaluate_model` or `Metrics`' compute returns
                   class_names=None,      # C names; indices when None
                   n_classes:int=5,       # how many worst and best classes to list
                   title:str='Evaluation',
@@ -208,7 +208,7 @@ def format_report(results:dict,          # what `evaluate_model` or `Metrics.com
     return '\n'.join(lines) + '\n'
 
 # %% ../nbs/13b_eval_report.ipynb #dbfa2829
-def results_json(results:dict, # what `evaluate`, `evaluate_model` or `Metrics.compute` returns (or a dict of them by checkpoint)
+def results_json(results:dict, # what `evaluate`, `evaluate_model` or `Metrics`' compute returns (or a dict of them by checkpoint)
                  drop=('predictions', 'targets', 'indices'), # per-sample arrays left out
                 ) -> dict:
     "`results` as plain JSON values: tensors and arrays become numbers and lists of numbers, paths strings."
