@@ -33,7 +33,7 @@ def test_notebooks_found():
 
 
 # the docs-site tests (tests/test_site.py, all in xdist group 'site') reuse the outputs of these notebooks' runs: one worker runs them all
-SITE_NOTEBOOKS = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '14_evaluate', '16_figures', '17_explorer']
+SITE_NOTEBOOKS = ['00_dct', '02_losses', '04_models', '05_distillers', '09_datasets', '13b_eval_report', '14_evaluate', '16_figures', '17_explorer']
 
 
 @pytest.mark.parametrize('nb', [pytest.param(p, marks=[pytest.mark.xdist_group('site')] if p.stem in SITE_NOTEBOOKS and p.parent == NBS else [])

@@ -208,7 +208,7 @@ def test_site_in_browser(site, artefacts, tmp_path):
     for s in EXECUTE:
         from dctkd.tools.site import page_name
         assert pages[page_name(s + '.ipynb')]['outputs'] > 0, f'{s}: no executed output on its page'
-    for p in ('dct.html', 'losses.html', 'evaluate.html', 'figures.html'): assert pages[p]['outputImages'] > 0, p
+    for p in ('dct.html', 'losses.html', 'eval_report.html', 'figures.html'): assert pages[p]['outputImages'] > 0, p   # an evaluation's figures live in 13b_eval_report
     # the explorer: a static picture of its widgets (figures and controls), never the widget's repr
     ex = pages['explorer.html']
     assert ex['widgetReprs'] == 0 and all(i['widgetReprs'] == 0 for i in pages.values())
