@@ -29,7 +29,7 @@ def test_script_quick_mode(tmp_path, name):
     env = {**os.environ, 'XDG_CACHE_HOME': str(xdg), 'TMPDIR': str(scratch), 'MPLBACKEND': 'Agg'}
     env.pop('DCTKD_CACHE', None)
     r = subprocess.run([sys.executable, str(BENCH / f'{name}.py'), '--quick', '--out', str(out)], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=120)   # a quick run takes 10–35 s
     assert r.returncode == 0, r.stdout + r.stderr
     assert MEDIAN_RANGE.search(r.stdout), r.stdout                          # median [min–max]
     assert re.search(r'load \d+\.\d / \d+\.\d / \d+\.\d on \d+ cores', r.stdout), r.stdout
