@@ -48,8 +48,7 @@ def main():
         data = make_toy_scenes(tmp / 'ade', layout='ade20k', n_classes=8, n_per_class=max(1, a.n // 8), size=(w, h),
                                progress=False)
         common = dict(dataset='ade20k', root=str(data), out=str(tmp / 'runs'), arch=a.arch, image_size=a.size,
-                      batch_size=a.batch, epochs=a.epochs, lr=0.01, lr_step=a.epochs, workers=a.workers, progress=False,
-                      tensorboard='off')   # no writer thread alive when the cache build forks its decoding processes
+                      batch_size=a.batch, epochs=a.epochs, lr=0.01, lr_step=a.epochs, workers=a.workers, progress=False)
         setups = {'plain': dict(amp='off', channels_last='off', cache=False),
                   'fast': dict(amp='bf16', channels_last='on', cache=True)}
         rep.line(f'\n{a.arch} on {a.n} JPEGs {w}×{h} in ADE20K\'s layout -> {a.size} px, batch {a.batch}, {a.epochs} epochs '
