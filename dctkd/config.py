@@ -65,7 +65,7 @@ class TrainConfig:
     resume: str = ''              # a run folder to continue
     device: str = ''              # '' : cuda when available, else cpu
     amp: str = 'auto'             # 'auto' (bf16 on CUDA), 'bf16', 'fp16' or 'off'
-    channels_last: str = 'auto'   # 'auto' (on CUDA), 'on' or 'off'
+    channels_last: str = 'auto'   # 'auto' (on CUDA; on CPU for the CIFAR nets), 'on' or 'off'
     compile: bool = False         # torch.compile the student
     sync_bn: str = 'auto'         # BatchNorm statistics over all processes: 'auto' (with >1 process), 'on' or 'off'
     max_batches: int = 0          # stop each epoch after this many batches (0: all); for smoke tests
