@@ -43,9 +43,10 @@ def open_split(cfg,                 # a `TrainConfig` or its dict (a run's confi
             make_toy_scenes(r, **TOY_SCENES, size=max(64, c['image_size'] + c['image_size'] // 7), progress=progress)
         name = 'mit67'
     cache = c.get('cache', False) if cache is None else cache
+    workers = None if c.get('workers', -1) < 0 else c['workers']   # the config's loader processes decode the cache too (0: none)
     n = c.get('train_per_class', 0) if split == 'train' else 0
     ds = get_dataset(name, root, split, mode, size=c['image_size'], resize=None if c['resize'] < 0 else c['resize'],
-                     norm=c['norm'], cache=cache and not n, skip_bad=c.get('skip_bad', False), progress=progress)
+                     norm=c['norm'], cache=False if n else cache, workers=workers, skip_bad=c.get('skip_bad', False), progress=progress)
     if not n: return ds
     ds = first_per_class(ds, n)                          # the labelled subset a data-limited student sees
-    return CachedDataset(ds, ds.spec, None if cache is True else cache, progress=progress) if cache else ds
+    return CachedDataset(ds, ds.spec, None if cache is True else cache, num_workers=workers, progress=progress) if cache else ds

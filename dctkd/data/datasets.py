@@ -266,6 +266,7 @@ def get_dataset(name:str,                # 'ade20k', 'sun397', 'mit67', 'cifar10
                 layout:str='auto',       # 'official', 'prepared', or 'auto' (official, else prepared when present)
                 skip_bad:bool=False,     # scan the images now, drop (and count) those that do not decode
                 cache=False,             # True or a folder: decode once into a memory-mapped cache (`CachedDataset`)
+                workers:int=None,        # processes that decode for the cache build (None: `default_workers()`; 0: this process)
                 progress:bool=True,      # progress bars for the scan and the cache build
                ):
     "A dataset read from its official layout under `root`; item `i` is `(image, label, i)`."
@@ -308,5 +309,5 @@ def get_dataset(name:str,                # 'ade20k', 'sun397', 'mit67', 'cifar10
     if cache is not False and cache is not None:
         if spec is None: raise ValueError("cache needs a named transform ('auto', 'train', 'eval' or 'tencrop'): "
                                           "the cached pipeline re-implements them on tensors")
-        return CachedDataset(ds, spec, None if cache is True else cache, progress=progress)
+        return CachedDataset(ds, spec, None if cache is True else cache, num_workers=workers, progress=progress)
     return ds
