@@ -358,6 +358,10 @@ class ContrastMemory(nn.Module):
     def __init__(self, dim, num_train, K, tau, momentum, labels=None, negatives='all', num_classes=None):
         super().__init__()
         if negatives not in ('all', 'original'): raise ValueError(f"crd: negatives must be 'all' or 'original', got {negatives!r}")
+        for k, v, ok, want in [('nce_k', K, isinstance(K, int) and K >= 1, 'an integer ≥ 1 (negatives per sample)'),
+                               ('feat_dim', dim, isinstance(dim, int) and dim >= 1, 'an integer ≥ 1'), ('nce_t', tau, tau > 0, '> 0'),
+                               ('nce_m', momentum, 0 <= momentum < 1, 'in [0, 1)')]:
+            if not ok: raise ValueError(f"crd: {k}={v!r}: must be {want}")
         self.N, self.K, self.tau, self.momentum = num_train, K, tau, momentum
         stdv = 1. / math.sqrt(dim / 3)
         self.register_buffer('memory_s', torch.rand(num_train, dim).mul_(2 * stdv).add_(-stdv))

@@ -206,12 +206,15 @@ def _minutes(t) -> int:
     "A SLURM time limit ('90', 'HH:MM:SS', 'D-HH:MM:SS' or a number of minutes) in minutes."
     if isinstance(t, (int, float)): return int(t)
     d, _, hms = str(t).rpartition('-')
-    parts = [int(x) for x in hms.split(':')]
+    try: parts, days = [int(x) for x in hms.split(':')], int(d or 0)
+    except ValueError: parts = None
+    if not parts or len(parts) > 3 or min(parts) < 0:
+        raise ValueError(f"SLURM time {t!r}: minutes, HH:MM:SS or D-HH:MM:SS (e.g. 90, 12:00:00, 1-00:00:00)")
     if len(parts) == 1: m = parts[0]
     else:
         parts = ([0] * (3 - len(parts)) + parts) if len(parts) < 3 else parts
         m = parts[0] * 60 + parts[1] + math.ceil(parts[2] / 60)
-    return m + 1440 * int(d or 0)
+    return m + 1440 * days
 
 # %% ../nbs/17b_executors.ipynb #271a298f
 class _Submitit:

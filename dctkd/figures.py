@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from .attention import NORMS, attention_map, minmax_norm
+from .check import UsageError, check_device
 from .data.images import TransformSpec
 from .data.toy import render_toy_scene
 from .dct import get_transform
@@ -232,6 +233,10 @@ def extract_cli(argv=None):
     ap.add_argument('--batch-size', type=int, default=32)
     ap.add_argument('--device', default=None)
     args = ap.parse_args(argv)
+    if args.batch_size < 1: ap.error(f"--batch-size {args.batch_size}: must be ≥ 1")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")
+    try: check_device(args.device or '')
+    except UsageError as e: ap.error(str(e).replace('config device=', '--device '))
     try: folder = extract_attention(args.run, args.split, args.n, indices=args.indices, root=args.root, out=args.out,
                                     batch_size=args.batch_size, device=args.device)
     except (ValueError, FileNotFoundError, IndexError) as e: ap.error(str(e))

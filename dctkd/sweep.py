@@ -257,7 +257,10 @@ def _estimate(ap, args, plan, out) -> int:
         try: secs[k] = float(v)
         except ValueError: ap.error(f"--epoch-seconds {kv!r}: expected NAME=SECONDS")
     hm = lambda h: f"{int(h)} h {round(60 * (h % 1)):02d} min" if h >= 1 else f"{60 * h:.1f} min"
-    for n in [int(x) for x in args.estimate.split(',')]:
+    try: counts = [int(x) for x in args.estimate.split(',')]
+    except ValueError: counts = []
+    if not counts or min(counts) < 1: ap.error(f"--estimate {args.estimate!r}: comma-separated GPU counts ≥ 1, e.g. 1,8,32")
+    for n in counts:
         r = estimate_walltime(plan, n, secs)
         print(f"{n:>4} GPU(s): {r['jobs']} runs, {r['gpu_hours']:.2f} GPU-hours, wall time {hm(r['wall_hours'])} "
               f"(lower bound {hm(r['lower_bound_hours'])})")
@@ -273,6 +276,11 @@ def sweep_cli(argv=None):
             print(f"{k:<18} {first[0].lstrip('# ') if first and first[0].startswith('#') else ''}")
         return 0
     if not args.plan: ap.error('give a plan (a YAML file or a shipped plan name; --list shows them)')
+    if args.notebook and args.executor == 'inprocess':
+        ap.error('--notebook is the notebook each run executes with --executor papermill (or submitit); --executor inprocess calls fit')
+    if args.notebook and not Path(args.notebook).is_file(): ap.error(f"--notebook {args.notebook}: no such file (from {Path.cwd()})")
+    if args.threads < 0: ap.error(f"--threads {args.threads}: threads per job, ≥ 1 (0: cores // jobs)")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")
     try:
         plan = load_plan(args.plan)
         out = Path(args.out) if args.out else Path('runs') / 'sweeps' / plan['name']

@@ -249,5 +249,6 @@ def report_cli(argv=None):
         agg = aggregate(args.runs_root, expected=expected_from_plan(plan) if plan else None, plan=plan)
     except (FileNotFoundError, PlanError) as e: ap.error(str(e))
     print(report_markdown(agg))
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")
     if args.out: print(f"written: {', '.join(map(str, write_report(agg, args.out).values()))}")
     return 0

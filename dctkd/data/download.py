@@ -11,10 +11,12 @@ import contextlib
 import hashlib
 import http.client
 import os
+import re
 import shutil
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -112,6 +114,10 @@ def download(name:str,                # 'ade20k', 'sun397', 'mit67' or 'cifar100
     "Download, check and extract a dataset's official files into `root`; resumable, verified, atomic. Returns `root`."
     name = str(name).lower()
     if name not in DOWNLOADS: raise ValueError(f"no download for {name!r}; choose from {list(DOWNLOADS)}")
+    if mirror and urllib.parse.urlsplit(mirror).scheme not in ('http', 'https', 'file'):
+        raise ValueError(f"mirror {mirror!r}: a base URL (http://, https:// or file://) holding the same file names")
+    for h in (sha256.values() if isinstance(sha256, dict) else [sha256] if sha256 else []):
+        if not re.fullmatch(r'[0-9a-fA-F]{64}', str(h)): raise ValueError(f"sha256 {h!r}: 64 hexadecimal digits (what sha256sum prints)")
     root = Path(root); root.mkdir(parents=True, exist_ok=True)
     resources = DOWNLOADS[name]
     pins = sha256 if isinstance(sha256, dict) else {resources[0].filename: sha256} if sha256 else {}

@@ -338,6 +338,7 @@ def make_toy_scenes(root,                 # folder to write into (created; must 
     if not 1 <= n_classes <= len(TOY_CLASSES): raise ValueError(f"n_classes must be 1..{len(TOY_CLASSES)}, got {n_classes}")
     if n_per_class < 1 or not 0 <= val_fraction < 1: raise ValueError("need n_per_class >= 1 and 0 <= val_fraction < 1")
     if layout == 'cifar100' and not np.isscalar(size): raise ValueError("the CIFAR-100 layout needs a square size (an int)")
+    if min((size, size) if np.isscalar(size) else size) < 8: raise ValueError(f"size {size!r}: each side must be at least 8 pixels")
     root = Path(root)
     params = dict(layout=layout, n_classes=n_classes, n_per_class=n_per_class, size=size if np.isscalar(size) else list(size),
                   seed=seed, val_fraction=val_fraction, version=1)
