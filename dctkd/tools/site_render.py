@@ -113,13 +113,15 @@ def source_url(file:str, name:str, cfg=None) -> str:
 _SRC_LINK = re.compile(r'\[source\]\((?P<url>[^)\s]*)\)(?P<attrs>\{[^}]*\})?(?P<gap>\s*(?:---\s*)?)(?P<h>#+)\s+(?P<name>[\w.]+)')
 
 def fix_showdoc(md:str, cfg=None) -> str:
-    """nbdev's `show_doc` Markdown, cleaned for the site: source links from settings.ini with the real line, no Markdown links
-    inside the signature's code block, and no docstring inherited from `function.__call__` for a function without one."""
+    """nbdev's `show_doc` Markdown, cleaned for the site: source links from settings.ini with the real line, the heading's
+    name as written (underscores escaped), no Markdown links inside the signature's code block, and no docstring inherited
+    from `function.__call__` for a function without one."""
     cfg = cfg or _cfg()
     def src(m):
         path = re.sub(r'^.*?/blob/[^/]+/', '', m.group('url')).split('#')[0]
         if not path.endswith('.py'): return m.group(0)
-        return f"[source]({source_url(path, m.group('name'), cfg)}){m.group('attrs') or ''}{m.group('gap')}{m.group('h')} {m.group('name')}"
+        name = m.group('name').replace('_', r'\_')              # `__repr__` is a name, not bold `repr`
+        return f"[source]({source_url(path, m.group('name'), cfg)}){m.group('attrs') or ''}{m.group('gap')}{m.group('h')} {name}"
     md = _SRC_LINK.sub(src, md)
     md = re.sub(r'```.*?```', lambda m: re.sub(r'\[(`[^`\]]+`)\]\([^)\s]*\)', r'\1', m.group(0)), md, flags=re.S)
     return re.sub(r'^\*?Call self as a function\.\*?\s*$', '', md, flags=re.M)
