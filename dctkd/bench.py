@@ -530,7 +530,7 @@ def bench_report(out,                          # the sweep folder (its runs/ and
     atomic_text(paths['md'], bench_markdown(rows, meta))
     return {k: p for k, p in paths.items() if p.exists()}
 
-# %% ../nbs/20_bench.ipynb #928b9c40
+# %% ../nbs/20_bench.ipynb #39785589
 def run_bench(plan=None,                       # plan path (default `bench_plan()`) or an already read plan mapping
               out='runs/sweeps/cpu-bench',     # sweep folder (runs and sweep.json)
               results='benchmarks/results',    # where the report goes (`bench_report`)
@@ -576,6 +576,7 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
     return {'paths': paths, 'status': status, 'rows': bench_rows(Path(out) / 'runs', pm['titles']), 'wall_s': wall}
 
+# %% ../nbs/20_bench.ipynb #a2d9c586
 def bench_cli(argv=None):
     "Entry point of the CPU benchmark (`make cpu-bench`): run the plan under `BENCH_ENV`, write the report."
     ap = argparse.ArgumentParser(prog='dctkd-bench', description='The CPU benchmark on the toy scenes (issue 22).')

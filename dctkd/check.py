@@ -133,7 +133,7 @@ def check_teacher(teacher:str, # the config's teacher: a run folder or checkpoin
                          f"student's dataset has {len(classes)} ({list(classes)[:3]}...); train a teacher on this dataset")
     return tapped(ck['arch'], ck['taps'], 'teacher arch')
 
-# %% ../nbs/14a_check.ipynb #703d99ac
+# %% ../nbs/14a_check.ipynb #e9691596
 STAGE_KEYS = ('stages', 's_stages', 's_stage', 'stage')   # the hyper-parameters that name the student stages a method distils
 SMALL_MAP = 4                                    # distilled maps smaller than this (either side) are warned about
 
@@ -162,6 +162,7 @@ def _constant_stages(method:str, hp:dict, s_shapes:list, t_shapes:list, n_classe
     except Exception: return []            # a method this probe cannot drive is left to `fit`, which builds it for real
     return [i for i, gi in zip(stages, grads) if gi is None or (bool(torch.isfinite(gi).all()) and not bool(gi.abs().max() > 0))]
 
+# %% ../nbs/14a_check.ipynb #0694b467
 def check_stages(cfg:TrainConfig,        # the run
                  student:TappedModel,    # its student, shapes only
                  teacher:TappedModel=None, # its teacher, shapes only

@@ -89,7 +89,7 @@ class ShardSampler(torch.utils.data.Sampler):
         return iter(order[self.rank::self.world])
     def __len__(self): return len(range(self.rank, self.n - (self.n % self.world if self.drop_last else 0), self.world))
 
-# %% ../nbs/12_distributed.ipynb #623876f1
+# %% ../nbs/12_distributed.ipynb #ca7bc516
 class _GlobalBNFn(torch.autograd.Function):
     "Batch normalisation with statistics all-reduced over the process group (training mode)."
     @staticmethod
@@ -129,6 +129,7 @@ class _GlobalBNFn(torch.autograd.Function):
         gx = (g - mdy - xmu * (s * s) * mdyx) * (s * w)
         return gx.to(x.dtype), gw, gb, None, None
 
+# %% ../nbs/12_distributed.ipynb #162890da
 class _GlobalBN:
     "Mixin placed before a BatchNorm class: training statistics over the process group `self.sync_group`."
     def forward(self, x):
@@ -160,4 +161,3 @@ def sync_batchnorm(module:nn.Module, # converted in place
         m.__class__, m.sync_group = _GLOBAL_BN_CLASSES[cls], group
         n += 1
     return n
-

@@ -236,7 +236,7 @@ def ddp_check(device='cpu',   # 'cuda': NCCL over every visible GPU; 'cpu': gloo
     return {'ok': same and moved, 'detail': f'{backend}, {world} rank(s), {steps} steps: parameters '
             + ('agree across ranks' if same else 'DIFFER across ranks') + ('' if moved else ' but did not change')}
 
-# %% ../nbs/21_doctor.ipynb #f15ae1db
+# %% ../nbs/21_doctor.ipynb #1f319603
 def report(env:dict, checks:list) -> str:
     "The doctor's Markdown report: the environment, then one row per check."
     md = ['# dctkd doctor', '', f"{env['date']} on `{env['host']}`", '', '| | |', '|---|---|']
@@ -252,6 +252,7 @@ def report(env:dict, checks:list) -> str:
            "Images/s leaves out the first step. On CPU, peak memory is the process's resident high-water mark."]
     return '\n'.join(md) + '\n'
 
+# %% ../nbs/21_doctor.ipynb #6570fcb3
 def doctor(device=None,         # None: cuda when available, else cpu
            out=None,            # write the Markdown report here
            budget:float=300,    # seconds; checks that would start later are skipped
@@ -279,6 +280,7 @@ def doctor(device=None,         # None: cuda when available, else cpu
     if out: Path(out).parent.mkdir(parents=True, exist_ok=True); Path(out).write_text(text)
     return checks, text
 
+# %% ../nbs/21_doctor.ipynb #ff10b1ba
 def doctor_cli(argv=None):
     "`dctkd_doctor`: check and time every device path; the exit status is 1 when a check failed."
     ap = argparse.ArgumentParser(prog='dctkd_doctor', description=doctor_cli.__doc__)

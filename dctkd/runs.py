@@ -177,7 +177,7 @@ def folder_lock(folder, what:str='run folder') -> FileLock:
                       "wait for that process to finish, or stop it") from None
     return lock
 
-# %% ../nbs/13_runs.ipynb #2c600edd
+# %% ../nbs/13_runs.ipynb #b18baebd
 class UnsafeCheckpointError(ValueError):
     "A checkpoint that could only be loaded by unpickling arbitrary objects (which can run code)."
 
@@ -205,6 +205,7 @@ def checkpoint_path(path, which:str='best') -> Path:
         if (p / rel).exists(): return p / rel
     raise FileNotFoundError(f"{path} holds no {' or '.join(map(str, order))}; is it a dctkd run folder whose first epoch finished?")
 
+# %% ../nbs/13_runs.ipynb #d810f54e
 def read_checkpoint(path,             # a checkpoint file, or a run folder (its best.pt, else latest.pt)
                     *, which:str='best',
                     trust:bool=False, # allow unpickling (runs code from the file): only for files you made yourself
@@ -237,6 +238,7 @@ def read_checkpoint(path,             # a checkpoint file, or a run folder (its 
         ck['config'] = config_from_run(ck['config'], run)        # its paths, usable from any working directory
     return ck
 
+# %% ../nbs/13_runs.ipynb #de3c9c32
 def load_student(path, *, which:str='best', trust:bool=False, device='cpu') -> tuple:
     "The network saved in a run folder or checkpoint, in eval mode, and its checkpoint dict."
     ck = read_checkpoint(path, which=which, trust=trust)
@@ -264,7 +266,7 @@ def save_model(model,               # a `TappedModel` (its taps and arch are rec
     return atomic_save({'format': 'dctkd-model', 'arch': model.arch, 'num_classes': num_classes_of(model), 'taps': list(model.taps),
                         'model': model.model.state_dict()}, path)
 
-# %% ../nbs/13_runs.ipynb #7a1c3aa0
+# %% ../nbs/13_runs.ipynb #915ee4ed
 def write_metrics(run, history:list):
     "metrics.csv: one row per finished epoch."
     keys = list(dict.fromkeys(k for row in history for k in row))
@@ -282,6 +284,7 @@ def read_metrics(run) -> dict:
     keys = list(rows[0]) if rows else []
     return {k: np.array([float(r[k]) if r.get(k) not in (None, '') else np.nan for r in rows]) for k in keys}
 
+# %% ../nbs/13_runs.ipynb #34c63e54
 def write_summary(run, history:list, cfg:TrainConfig):
     "summary.json and summary.md: best (by val top-1) and last epoch, and the curves figure."
     run = Path(run)
@@ -313,6 +316,7 @@ def plot_curves(history:list, path=None):
     if path: fig.savefig(path, dpi=80)
     return fig
 
+# %% ../nbs/13_runs.ipynb #7e70e848
 def read_config(run) -> dict:
     "The `config.json` of a run folder, its paths resolved (usable from any working directory)."
     p = Path(run) / CONFIG

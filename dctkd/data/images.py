@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from fastcore.basics import patch_to
 from tqdm.auto import tqdm
 
 import dctkd.compat  # noqa: F401  (before torchvision)
@@ -173,7 +174,7 @@ def _fingerprint(paths, extra=()) -> str:
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
-# %% ../../nbs/06_images.ipynb #7042e4f1
+# %% ../../nbs/06_images.ipynb #3ac6404e
 class ImageDataset(torch.utils.data.Dataset):
     "Labelled image files in a fixed order; item `i` is `(transform(image), label, i)` (the index feeds CRD's memory)."
     def __init__(self, files,              # image paths
@@ -213,22 +214,26 @@ class ImageDataset(torch.utils.data.Dataset):
         self.files, self.targets = [self.files[i] for i in idx], [self.targets[i] for i in idx]
         return self
 
-    def _skip_bad(self, progress):
-        with ThreadPoolExecutor(max(1, default_workers())) as ex:   # PIL releases the GIL while decoding
-            why = list(tqdm(ex.map(check_image, self.files), total=len(self.files), desc=f"checking {self.name} {self.split}",
-                            disable=not progress, leave=False))
-        self.skipped = [(f, r) for f, r in zip(self.files, why) if r is not None]
-        if self.skipped:
-            keep = [i for i, r in enumerate(why) if r is None]
-            self.keep(keep)
-            f, r = self.skipped[0]
-            warnings.warn(f"{self.name} {self.split}: skipped {len(self.skipped)} unreadable image(s) of {len(why)} "
-                          f"(listed in .skipped), e.g. {f}: {r}", stacklevel=3)
-
     def __repr__(self):
         return (f"{type(self).__name__}({self.name!r}, split={self.split!r}, {len(self)} images, {len(self.classes)} classes, "
                 f"root='{self.root}')")
 
+# %% ../../nbs/06_images.ipynb #e49f242d
+@patch_to(ImageDataset)
+def _skip_bad(self, progress):
+    "Scan every image (threads), drop those that do not decode, list them in `.skipped` and warn."
+    with ThreadPoolExecutor(max(1, default_workers())) as ex:   # PIL releases the GIL while decoding
+        why = list(tqdm(ex.map(check_image, self.files), total=len(self.files), desc=f"checking {self.name} {self.split}",
+                        disable=not progress, leave=False))
+    self.skipped = [(f, r) for f, r in zip(self.files, why) if r is not None]
+    if self.skipped:
+        keep = [i for i, r in enumerate(why) if r is None]
+        self.keep(keep)
+        f, r = self.skipped[0]
+        warnings.warn(f"{self.name} {self.split}: skipped {len(self.skipped)} unreadable image(s) of {len(why)} "
+                      f"(listed in .skipped), e.g. {f}: {r}", stacklevel=3)
+
+# %% ../../nbs/06_images.ipynb #1d2b1707
 class ArrayImageDataset(ImageDataset):
     "Labelled images held in memory as a (N, H, W, 3) uint8 array, as CIFAR-100 stores them."
     def __init__(self, images, targets, classes, transform=None, *, name='images', split='train', root=None, sources=()):
