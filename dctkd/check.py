@@ -146,6 +146,14 @@ def _distilled(hp:dict) -> list:
         out += [int(v)] if isinstance(v, (int, float)) else [int(i) for i in v]
     return sorted(set(out))
 
+def _check_build(cfg, hp:dict, s_shapes:list, t_shapes:list, n_classes:int):
+    "Build the method on the tap shapes: a value it refuses (its message starts 'name:', e.g. 'crd: nce_k=0: ...') is a UsageError now, not a traceback in `fit`."
+    labels = {'labels': torch.arange(2) % n_classes} if distillers.method(cfg.method).needs_labels else {}
+    try: distillers.build(cfg.method, s_shapes, t_shapes, cfg.image_size, num_train=2, **{**hp, **labels})
+    except ValueError as e:
+        if str(e).startswith(f"{cfg.method.split('+')[0]}:"): raise UsageError(f"config method={cfg.method!r} hparams={json.dumps(cfg.hparams)}: {e}") from None
+    except Exception: pass                  # what cannot be built from shapes alone (e.g. CAT-KD's classifiers) is built by `fit`
+
 def _constant_stages(method:str, hp:dict, s_shapes:list, t_shapes:list, n_classes:int, stages:list) -> list:
     "The stages among `stages` whose gradient of the method's term is exactly zero for random features ([] when that cannot be probed)."
     try:
@@ -184,6 +192,7 @@ def check_stages(cfg:TrainConfig,        # the run
     hp = {**defaults, **method_hparams(cfg)}                      # the stages the method picks itself, unless the run names them
     stages = [i for i in _distilled(hp) if i < len(s) and len(s[i]) == 3] if t is not None else []
     rows = [(i, tap, s[i], t[i] if t is not None else None, i in stages) for i, tap in enumerate(student.taps)]
+    if t is not None: _check_build(cfg, hp, s, t, n_classes)
     dead = _constant_stages(cfg.method, hp, s, t, n_classes, stages) if stages else []
     if dead:
         stride = lambda i: -(-cfg.image_size // s[i][1])

@@ -26,6 +26,7 @@ from torch import nn
 
 # %% ../nbs/21_doctor.ipynb #d9dd5a03
 from . import distillers
+from .check import UsageError, check_device
 from .config import make_config, method_hparams
 from .data.cache import make_loader
 from .data.datasets import get_dataset
@@ -292,9 +293,13 @@ def doctor_cli(argv=None):
     ap.add_argument('--size', type=int, default=None); ap.add_argument('--batch', type=int, default=None)
     ap.add_argument('--steps', type=int, default=None)
     a = ap.parse_args(argv)
-    if a.device and torch.device(a.device).type == 'cuda' and not torch.cuda.is_available():
-        print(f"dctkd_doctor: --device {a.device}: this machine has no usable CUDA GPU (torch {torch.__version__})", file=sys.stderr)
-        return 2
+    try: check_device(a.device or '')
+    except UsageError as e: ap.error(str(e).replace('config device=', '--device '))
+    if not a.budget > 0: ap.error(f"--budget {a.budget}: seconds, > 0")
+    for k in ('size', 'batch', 'steps'):
+        if getattr(a, k) is not None and getattr(a, k) < 1: ap.error(f"--{k} {getattr(a, k)}: must be ≥ 1")
+    parent = Path(a.out).parent if a.out else None
+    if parent is not None and parent.exists() and not parent.is_dir(): ap.error(f"--out {a.out}: {parent} is not a folder")
     env = environment()
     print('\n'.join(f'{k}: {v}' for k, v in env.items()), flush=True)
     cpu = torch.device(a.device or ('cuda' if torch.cuda.is_available() else 'cpu')).type != 'cuda'
