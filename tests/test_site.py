@@ -143,7 +143,6 @@ def artefacts():
     return d
 
 
-@pytest.mark.xfail(reason='known defect (closing note): the commands page links each console script to a line past the end of its file; the anchor failures found before it are fixed', strict=False)
 def test_site_in_browser(site, artefacts, tmp_path):
     missing = _missing()
     if missing:

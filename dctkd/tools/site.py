@@ -110,16 +110,17 @@ def _site_report(out, rels:list, pages:dict, seconds:float, mathjax, cli:bool) -
 
 # %% ../../nbs/tools/01_site.ipynb #67bd9228
 def build_site(out:str='_docs', execute=False, budget:float=600., n_workers:int=2, mathjax=None, quiet=True,
-               executed=None, cli=True) -> dict:
+               executed=None, cli=True, nbs=None) -> dict:
     """Build the docs site into `out` from nbdev-processed notebooks, without Quarto.
     `execute`: False, True (all pages) or a list of notebook stems (e.g. `['00_dct', '02_losses']`) run before rendering,
     with `budget` seconds per notebook. `executed`: a folder of outputs saved by `record_outputs` (a test run's), used
     instead of executing the notebooks found there. `mathjax`: path of a local MathJax `tex-svg.js` (see `find_mathjax`).
-    `cli`: add the command-line reference page (`cli_page`)."""
+    `cli`: add the command-line reference page (`cli_page`). `nbs`: the folder of notebooks and their `sidebar.yml`
+    (default: settings.ini's `nbs_path`)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     cfg = _cfg()
-    nbs, out = Path(cfg.nbs_path), Path(out)
+    nbs, out = Path(nbs or cfg.nbs_path), Path(out)
     if not out.is_absolute(): out = Path(cfg.config_path)/out
     executed = str(Path(executed).resolve()) if executed else None
     secs, rels = _site_sections(nbs, cli)

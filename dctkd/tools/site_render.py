@@ -86,18 +86,23 @@ def tex_text(s:str) -> str:
     return re.sub(r'(?<![\\$\w])(\$)(?=\S)([^$\n]*?\S)\$(?!\d)', conv, s)          # inline: pandoc's rule, no space inside
 
 # %% ../../nbs/tools/00b_site_render.ipynb #2434e42e
+def _defined_at(file:str, name:str):
+    "Where `name`, read from the library file `file`, is really defined: `(its file relative to the repository, first line)`, or None (a constant, or code outside the library)."
+    import importlib, inspect
+    try:
+        obj = importlib.import_module('.'.join(Path(file).with_suffix('').parts))
+        top = Path(importlib.import_module(Path(file).parts[0]).__file__).resolve().parent.parent   # the package's parent: the repository in an editable install
+        for part in name.split('.'): obj = getattr(obj, part)
+        obj = inspect.unwrap(obj)
+        path = Path(inspect.getsourcefile(obj)).resolve().relative_to(top)   # a forwarding name: the file that defines it
+        return path.as_posix(), inspect.getsourcelines(obj)[1]
+    except Exception: return None
+
 def source_url(file:str, name:str, cfg=None) -> str:
-    "Link to where `name` is defined in the library file `file` (relative to the repository): settings.ini's `git_url` and `branch`, and the line."
+    "Link to the line that defines `name` (read from the library file `file`, relative to the repository), in the file that holds that line: settings.ini's `git_url` and `branch`."
     cfg = cfg or _cfg()
     root = Path(cfg.config_path)
-    line = None
-    try:
-        import importlib, inspect
-        mod = importlib.import_module('.'.join(Path(file).with_suffix('').parts))
-        obj = mod
-        for part in name.split('.'): obj = getattr(obj, part)
-        line = inspect.getsourcelines(inspect.unwrap(obj))[1]
-    except Exception: pass
+    file, line = _defined_at(file, name) or (file, None)
     if line is None:                                             # constants and aliases: their assignment
         last = name.split('.')[-1]
         for i, l in enumerate((root/file).read_text().splitlines(), 1) if (root/file).exists() else ():
@@ -108,13 +113,15 @@ def source_url(file:str, name:str, cfg=None) -> str:
 _SRC_LINK = re.compile(r'\[source\]\((?P<url>[^)\s]*)\)(?P<attrs>\{[^}]*\})?(?P<gap>\s*(?:---\s*)?)(?P<h>#+)\s+(?P<name>[\w.]+)')
 
 def fix_showdoc(md:str, cfg=None) -> str:
-    """nbdev's `show_doc` Markdown, cleaned for the site: source links from settings.ini with the real line, no Markdown links
-    inside the signature's code block, and no docstring inherited from `function.__call__` for a function without one."""
+    """nbdev's `show_doc` Markdown, cleaned for the site: source links from settings.ini with the real line, the heading's
+    name as written (underscores escaped), no Markdown links inside the signature's code block, and no docstring inherited
+    from `function.__call__` for a function without one."""
     cfg = cfg or _cfg()
     def src(m):
         path = re.sub(r'^.*?/blob/[^/]+/', '', m.group('url')).split('#')[0]
         if not path.endswith('.py'): return m.group(0)
-        return f"[source]({source_url(path, m.group('name'), cfg)}){m.group('attrs') or ''}{m.group('gap')}{m.group('h')} {m.group('name')}"
+        name = m.group('name').replace('_', r'\_')              # `__repr__` is a name, not bold `repr`
+        return f"[source]({source_url(path, m.group('name'), cfg)}){m.group('attrs') or ''}{m.group('gap')}{m.group('h')} {name}"
     md = _SRC_LINK.sub(src, md)
     md = re.sub(r'```.*?```', lambda m: re.sub(r'\[(`[^`\]]+`)\]\([^)\s]*\)', r'\1', m.group(0)), md, flags=re.S)
     return re.sub(r'^\*?Call self as a function\.\*?\s*$', '', md, flags=re.M)
