@@ -238,20 +238,9 @@ def retime(sched, cfg:TrainConfig):
     if isinstance(sched, torch.optim.lr_scheduler.MultiStepLR): sched.milestones = type(sched.milestones)(milestones(cfg))
     else: sched.step_size = cfg.lr_step
 
-# %% ../nbs/15_train.ipynb #5a1e0c0e
-def fit(cfg:TrainConfig=None, # the run; see `make_config`
-        *, preset:str=None,   # or: start from this preset (only the keys it sets, then `overrides`)
-        **overrides,          # typed config keys on top; with `resume=RUN`, only `RESUMABLE` keys may differ from RUN's
-       ) -> Path:
-    "Train (and validate every `val_every` epochs and the last) the run described; returns its run folder. `resume=RUN` continues RUN."
-    ok = check(cfg, preset=preset, **overrides)     # every mistake a UsageError naming it, before anything is built or written
-    cfg, resume, changed = ok.cfg, ok.resume, ok.changed
-    for note in ok.notes: print(f"note: {note}", file=sys.stderr, flush=True)
-    d = setup_distributed(cfg.device)
-    if cfg.batch_size % d.world:
-        raise ValueError(f"config batch_size={cfg.batch_size} is the global batch, split over {d.world} processes; "
-                         f"make it a multiple of {d.world}")
-    show = cfg.progress and d.main
+# %% ../nbs/15_train.ipynb #0cb663ea
+def _fit_data(cfg:TrainConfig, ok, d:Dist, show:bool) -> tuple:
+    "(training split, validation split, class names) of a run, opened by the main process first; the images `skip_bad` left out printed."
     train_mode = 'train' if cfg.augment else 'eval'
     open_data = lambda progress: (open_split(cfg, 'train', train_mode, generate=ok.generate, progress=progress),
                                   open_split(cfg, cfg.val_split, 'eval', progress=progress))
@@ -264,8 +253,11 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
         for split, ds in (('train', train_ds), (cfg.val_split, val_ds)):
             if bad := _skipped(ds): print(f"skip_bad: skipped {len(bad)} unreadable image(s) of {split}:\n"
                                           + '\n'.join(f"  {f}: {why}" for f, why in bad), flush=True)
+    return train_ds, val_ds, classes
 
-    # networks
+# %% ../nbs/15_train.ipynb #8795be01
+def _fit_nets(cfg:TrainConfig, d:Dist, train_ds, classes:list) -> tuple:
+    "(trainee, the module stepped (its DDP wrapper or itself), the teacher as the steps call it, channels_last) of a run, seeded."
     seed_everything(cfg.seed)                         # the student first: one seed, one initialisation, whatever the method
     student = build_model(cfg.arch, len(classes), pretrained=cfg.pretrained or None, taps=cfg.taps or None)
     teacher = load_teacher(cfg.teacher, classes, d.device) if cfg.teacher else None
@@ -283,66 +275,113 @@ def fit(cfg:TrainConfig=None, # the run; see `make_config`
     model = nn.parallel.DistributedDataParallel(trainee, find_unused_parameters=True) if d.world > 1 else trainee
     if cfg.compile: trainee.student = torch.compile(trainee.student)
     t_run = TeacherCache(teacher, len(train_ds)) if cfg.teacher_cache else teacher   # no augmentation: the teacher's outputs reused
+    return trainee, model, t_run, cl
+
+def _fit_optim(cfg:TrainConfig, d:Dist, trainee:Trainee) -> tuple:
+    "(optimiser, LR schedule, autocast dtype or None, GradScaler) of a run's trainee."
     params = [p for p in trainee.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     sched = lr_scheduler(opt, cfg)
     amp = _amp_dtype(cfg, d.device)
     scaler = torch.amp.GradScaler(d.device.type, enabled=amp == torch.float16)
+    return opt, sched, amp, scaler
 
-    # the run folder: a new one (config.json inside from the start), or the one being resumed, locked while we train it
+# %% ../nbs/15_train.ipynb #e2b2e66c
+def _fit_epoch(epoch:int,        # the epoch's index (0: the first)
+               cfg:TrainConfig, d:Dist, show:bool, # the run, this process's place, whether to show progress bars
+               data:tuple,       # `_fit_data`'s (train split, val split, classes)
+               nets:tuple,       # `_fit_nets`'s (trainee, model, teacher, channels_last)
+               optim:tuple,      # `_fit_optim`'s (optimiser, schedule, amp, scaler)
+               run, tb,          # the run folder, a TensorBoard writer or None
+               history:list,     # the rows so far; this epoch's is appended
+               best:float,       # the best validation top-1 so far (-1: none)
+              ) -> float:
+    "Train epoch `epoch`, validate it when due, step the schedule, log and commit it; returns the best top-1 since."
+    (train_ds, val_ds, classes), (trainee, model, t_run, cl), (opt, sched, amp, scaler) = data, nets, optim
+    seed_everything(epoch_seed(cfg.seed, epoch))
+    trainee.method_seed = epoch_seed(cfg.seed + 2, epoch) * 4096   # the method's own stream (see `Trainee`)
+    trainee.distiller.start_epoch(epoch, cfg.epochs)   # epoch-aware methods (e.g. a warm-up) set their weights
+    t0 = time.time()
+    try: train_terms, gnorms, images = _train_epoch(model, t_run, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
+    except BadImageError as e: raise BadImageError(f"{e}; set skip_bad=true to train without the unreadable images") from e
+    img_s = images / max(time.time() - t0, 1e-9)
+    if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
+        for b in trainee.buffers(): dist.broadcast(b, 0)
+    val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show) if _validates(epoch, cfg) else {}
+    if val and not math.isfinite(val['loss']) and not math.isnan(val['top1']):   # terms were finite, yet weights or logits overflowed (an empty split has no loss)
+        raise NonFiniteLoss(f"epoch {epoch + 1}: the validation loss became {val['loss']}: the student's weights or "
+                            f"logits overflowed (lower lr or the method's weight alpha); {_last_good(epoch)}")
+    lr = opt.param_groups[0]['lr']
+    sched.step()
+    row = {'epoch': epoch + 1, 'lr': lr,
+           **{f'train_{k}': v for k, v in train_terms.items()}, **gnorms,
+           **{f'val_{k}': v for k, v in val.items()}, 'img_s': round(img_s, 1), 'time_s': round(time.time() - t0, 3)}
+    history.append(row)
+    improved = bool(val) and val['top1'] > best                 # epochs without validation never become best.pt
+    best = max(best, val['top1']) if val else best
+    if d.main:
+        save_epoch(run, {'format': 'dctkd-train', 'epoch': epoch, 'arch': cfg.arch, 'taps': list(trainee.student.taps),
+                         'classes': classes, 'student': trainee.student.model.state_dict(),
+                         'distiller': trainee.distiller.state_dict(), 'optimizer': opt.state_dict(),
+                         'scheduler': sched.state_dict(), 'scaler': scaler.state_dict(), 'rng': rng_state(),
+                         'config': dataclasses.asdict(cfg), 'history': history, 'best_top1': best,
+                         'versions': versions()}, improved)
+        _log_epoch(row, cfg.epochs)
+        if tb is not None:
+            for k, v in row.items():
+                if k != 'epoch': tb.add_scalar(k.replace('_', '/', 1), v, epoch + 1)
+            tb.flush()
+    if d.world > 1: dist.barrier()
+    return best
+
+# %% ../nbs/15_train.ipynb #318599c1
+def _fit_run(cfg:TrainConfig, resume, d:Dist) -> Path:
+    "The run folder: a new one (config.json inside from the start) made by the main process, or the one being resumed."
     run = Path(resume) if resume else (new_run_dir(cfg) if d.main else None)
     if d.world > 1 and not resume:
         box = [str(run) if run else None]; dist.broadcast_object_list(box, 0); run = Path(box[0])
-    lock = folder_lock(run) if d.main else None
-    try:
-        start, best, history = 0, -1.0, []
-        ck = resume_state(run) if d.main and resume else None      # None: no epoch had finished, start at epoch 1
-        if d.world > 1 and resume:
-            dist.barrier()
-            if not d.main and (run / LATEST).exists(): ck = read_checkpoint(run, which='latest')
-        if ck is not None:
-            trainee.student.model.load_state_dict(ck['student']); trainee.distiller.load_state_dict(ck['distiller'])
-            opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])
-            retime(sched, cfg)                                         # a resume may re-time the schedule
-            start, best, history = ck['epoch'] + 1, ck['best_top1'], list(ck['history'])
-        if d.main and resume: record_resume(run, cfg, start, changed)
-        tb = _tensorboard(cfg.tensorboard, run) if d.main else None
+    return run
 
+def _fit_resume(run, resume, changed:dict, cfg:TrainConfig, d:Dist, trainee:Trainee, optim:tuple) -> tuple:
+    "(first epoch index, best top-1, history): a new run's, or the resumed run's latest checkpoint's (restored into `trainee` and `optim`)."
+    opt, sched, _, scaler = optim
+    start, best, history = 0, -1.0, []
+    ck = resume_state(run) if d.main and resume else None      # None: no epoch had finished, start at epoch 1
+    if d.world > 1 and resume:
+        dist.barrier()
+        if not d.main and (run / LATEST).exists(): ck = read_checkpoint(run, which='latest')
+    if ck is not None:
+        trainee.student.model.load_state_dict(ck['student']); trainee.distiller.load_state_dict(ck['distiller'])
+        opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler']); scaler.load_state_dict(ck['scaler'])
+        retime(sched, cfg)                                         # a resume may re-time the schedule
+        start, best, history = ck['epoch'] + 1, ck['best_top1'], list(ck['history'])
+    if d.main and resume: record_resume(run, cfg, start, changed)
+    return start, best, history
+
+# %% ../nbs/15_train.ipynb #e277319b
+def fit(cfg:TrainConfig=None, # the run; see `make_config`
+        *, preset:str=None,   # or: start from this preset (only the keys it sets, then `overrides`)
+        **overrides,          # typed config keys on top; with `resume=RUN`, only `RESUMABLE` keys may differ from RUN's
+       ) -> Path:
+    "Train (and validate every `val_every` epochs and the last) the run described; returns its run folder. `resume=RUN` continues RUN."
+    ok = check(cfg, preset=preset, **overrides)     # every mistake a UsageError naming it, before anything is built or written
+    cfg, resume, changed = ok.cfg, ok.resume, ok.changed
+    for note in ok.notes: print(f"note: {note}", file=sys.stderr, flush=True)
+    d = setup_distributed(cfg.device)
+    if cfg.batch_size % d.world:
+        raise ValueError(f"config batch_size={cfg.batch_size} is the global batch, split over {d.world} processes; "
+                         f"make it a multiple of {d.world}")
+    show = cfg.progress and d.main
+    data = _fit_data(cfg, ok, d, show)
+    nets = _fit_nets(cfg, d, data[0], data[2])
+    optim = _fit_optim(cfg, d, nets[0])
+    run = _fit_run(cfg, resume, d)
+    lock = folder_lock(run) if d.main else None                       # locked while we train it
+    try:
+        start, best, history = _fit_resume(run, resume, changed, cfg, d, nets[0], optim)
+        tb = _tensorboard(cfg.tensorboard, run) if d.main else None
         for epoch in range(start, cfg.epochs):
-            seed_everything(epoch_seed(cfg.seed, epoch))
-            trainee.method_seed = epoch_seed(cfg.seed + 2, epoch) * 4096   # the method's own stream (see `Trainee`)
-            trainee.distiller.start_epoch(epoch, cfg.epochs)   # epoch-aware methods (e.g. a warm-up) set their weights
-            t0 = time.time()
-            try: train_terms, gnorms, images = _train_epoch(model, t_run, _loader(train_ds, cfg, d, True, epoch), opt, scaler, amp, cl, cfg, d, epoch)
-            except BadImageError as e: raise BadImageError(f"{e}; set skip_bad=true to train without the unreadable images") from e
-            img_s = images / max(time.time() - t0, 1e-9)
-            if d.world > 1:                          # every rank validates (and rank 0 saves) the same model: rank 0's buffers
-                for b in trainee.buffers(): dist.broadcast(b, 0)
-            val = _validate(trainee.student, _loader(val_ds, cfg, d, False, epoch), len(classes), amp, cl, d, show) if _validates(epoch, cfg) else {}
-            if val and not math.isfinite(val['loss']) and not math.isnan(val['top1']):   # terms were finite, yet weights or logits overflowed (an empty split has no loss)
-                raise NonFiniteLoss(f"epoch {epoch + 1}: the validation loss became {val['loss']}: the student's weights or "
-                                    f"logits overflowed (lower lr or the method's weight alpha); {_last_good(epoch)}")
-            lr = opt.param_groups[0]['lr']
-            sched.step()
-            row = {'epoch': epoch + 1, 'lr': lr,
-                   **{f'train_{k}': v for k, v in train_terms.items()}, **gnorms,
-                   **{f'val_{k}': v for k, v in val.items()}, 'img_s': round(img_s, 1), 'time_s': round(time.time() - t0, 3)}
-            history.append(row)
-            improved = bool(val) and val['top1'] > best                 # epochs without validation never become best.pt
-            best = max(best, val['top1']) if val else best
-            if d.main:
-                save_epoch(run, {'format': 'dctkd-train', 'epoch': epoch, 'arch': cfg.arch, 'taps': list(trainee.student.taps),
-                                 'classes': classes, 'student': trainee.student.model.state_dict(),
-                                 'distiller': trainee.distiller.state_dict(), 'optimizer': opt.state_dict(),
-                                 'scheduler': sched.state_dict(), 'scaler': scaler.state_dict(), 'rng': rng_state(),
-                                 'config': dataclasses.asdict(cfg), 'history': history, 'best_top1': best,
-                                 'versions': versions()}, improved)
-                _log_epoch(row, cfg.epochs)
-                if tb is not None:
-                    for k, v in row.items():
-                        if k != 'epoch': tb.add_scalar(k.replace('_', '/', 1), v, epoch + 1)
-                    tb.flush()
-            if d.world > 1: dist.barrier()
+            best = _fit_epoch(epoch, cfg, d, show, data, nets, optim, run, tb, history, best)
         if d.main: write_summary(run, history, cfg)
     finally:
         if lock is not None: lock.release()
