@@ -14,6 +14,7 @@ __all__ = ['BENCH_COLUMNS', 'VERDICT_WORDS', 'BENCH_ENV', 'ISA_FLAGS', 'MATCH_KE
 import argparse
 import csv
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -422,6 +423,13 @@ def _run_times(status:dict) -> tuple:
     done = [v.get('time_s', 0) for v in status.get('jobs', {}).values() if v.get('status') == 'done']
     return sum(done), len(done), max(done, default=0)
 
+def _span(status:dict) -> float:
+    "Seconds from the first run's start to the last run's end (over every call of a resumed benchmark; 0 when unknown)."
+    jobs = [v for v in status.get('jobs', {}).values() if v.get('status') == 'done' and v.get('started_at') and v.get('finished_at')]
+    if not jobs: return 0.
+    ts = lambda s: datetime.datetime.fromisoformat(s).timestamp()
+    return max(ts(v['finished_at']) for v in jobs) - min(ts(v['started_at']) for v in jobs)
+
 def plan_meta(spec:dict,      # a `load_plan` result
               data:dict=None, # the toy-scene arguments (default `TOY_BENCH`)
               source=None,    # the plan's file, when `spec` was read from a mapping
@@ -525,6 +533,10 @@ def bench_report(out,                          # the sweep folder (its runs/ and
     meta.setdefault('date', fp['date']); meta.setdefault('fingerprint', fingerprint_line(fp))
     meta['runs'] = (f"{n} runs, {total:.0f} s ({total / 60:.1f} min) of training in all (the sum of sweep.json's per-run times; "
                     f"{total / max(n, 1):.0f} s per run on average, the longest {longest:.0f} s)")
+    if span := _span(status):                          # every call of a resumed benchmark, not only the last
+        workers = meta.get('budget', '').split(';')[0] or 'worker processes'
+        meta['budget'] = (f"{workers}; {total / 60:.1f} run-minutes from the first run's start to the last run's end, {span / 60:.1f} "
+                          f"wall-minutes ({total / span:.2f} runs in parallel on average); target: under 30 minutes on 2 cores")
     meta['figures'] = {k: paths[k].name for k in figs}
     if kd: meta['kd'] = '\n\n'.join(x for x in (meta.get('kd'), kd_text(kd_summary(rows, kd), rows)) if x)
     atomic_text(paths['md'], bench_markdown(rows, meta))
@@ -592,6 +604,13 @@ def bench_cli(argv=None):
     ap.add_argument('--kd-note', default=None, help="a Markdown file whose text opens the report's '+ KD' section")
     ap.add_argument('--unpinned', action='store_true', help='run in this environment rather than under BENCH_ENV')
     a = ap.parse_args(argv)
+    for k in ('plan', 'kd_note'):                       # every mistake refused here, before the pinned interpreter starts
+        if getattr(a, k) and not Path(getattr(a, k)).is_file(): ap.error(f"--{k.replace('_', '-')} {getattr(a, k)}: no such file")
+    if a.jobs < 1 or a.threads < 1: ap.error(f"--jobs {a.jobs} --threads {a.threads}: each must be ≥ 1")
+    try: seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
+    except ValueError: seeds = [-1]
+    if seeds is not None and min(seeds) < 0: ap.error(f"--seeds {a.seeds!r}: comma-separated integers ≥ 0, e.g. 0,1,2")
+    if a.report_only and not (Path(a.out) / 'sweep.json').is_file(): ap.error(f"--report-only: {a.out} holds no benchmark (no sweep.json)")
     args = list(sys.argv[1:] if argv is None else argv)
     if not a.unpinned and not pinned(): return run_pinned('bench_cli', args)
     kd_note = Path(a.kd_note).read_text().strip() if a.kd_note else None
@@ -605,7 +624,6 @@ def bench_cli(argv=None):
         if kd_note: meta['kd'] = kd_note
         print(f"report: {bench_report(a.out, a.results, meta, fp=_saved_fingerprint(a.results, cmd), seeds=spec['seeds'])['md']}")
         return 0
-    seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
     r = run_bench(plan, a.out, a.results, seeds=seeds, executor=a.executor, jobs=a.jobs, threads=a.threads, command=cmd, note=a.note, kd_note=kd_note)
     return int(any(v['status'] != 'done' for v in r['status']['jobs'].values()))
 
@@ -657,11 +675,11 @@ def bench_check_cli(argv=None):
     ap.add_argument('--results', default='benchmarks/results', help='folder of cpu-bench-check.json and cpu-bench-teacher.pt')
     ap.add_argument('--unpinned', action='store_true', help='run in this environment rather than under BENCH_ENV')
     a = ap.parse_args(argv)
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not a.unpinned and not pinned(): return run_pinned('bench_check_cli', args)
     res = Path(a.results)
     for f in ('cpu-bench-check.json', 'cpu-bench-teacher.pt'):
         if not (res / f).exists(): print(f"bench-check: {res / f} not found; run `make cpu-bench` first (it writes both)", file=sys.stderr); return 2
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not a.unpinned and not pinned(): return run_pinned('bench_check_cli', args)
     return 0 if bench_check(res / 'cpu-bench-check.json', res / 'cpu-bench-teacher.pt')['ok'] else 1
 
 # %% ../nbs/20_bench.ipynb #986a86ea
@@ -678,6 +696,8 @@ def bench_section(results='benchmarks/results', # the committed results folder
     rows = read_bench_csv(results / 'cpu-bench.csv')
     fp = json.loads((results / 'cpu-bench-fingerprint.json').read_text())
     md = (results / 'cpu-bench.md').read_text()
+    span = re.search(r"run's end, (\d+(?:\.\d+)?) wall-minutes", _report_line(md, 'Budget'))   # every call of a resumed benchmark
+    wall = f"{span.group(1)} min" if span else _report_line(md, 'Wall time').split(' for this call')[0]
     S = bench_summary(rows)
     teacher = next(d for d in S if d['role'] == 'teacher')
     base = next(d for d in S if d['role'] == 'student' and d['method'] == 'none')
@@ -691,7 +711,7 @@ def bench_section(results='benchmarks/results', # the committed results folder
          f"trained once on all training images; {base['arch']} students that see only a few labelled images per class; "
          f"{len(seeds)} paired seeds per row (a seed fixes the student's initial weights and batches for every method); "
          f"every method at the registry's default weights. {_report_line(md, 'Regime')}.", '',
-         f"Measured {fp['date']} on {fingerprint_line(fp)}; `{fp['command']}`: **{_report_line(md, 'Wall time').split(' for this call')[0]} wall**; "
+         f"Measured {fp['date']} on {fingerprint_line(fp)}; `{fp['command']}`: **{wall} wall**; "
          f"{_report_line(md, 'Budget')}; {_report_line(md, 'Load')}.", '',
          *([f"*Note:* {_report_line(md, 'Note')}", ''] if _report_line(md, 'Note') else []),
          f"Teacher {_cell(teacher['last'])}, baseline {_cell(base['last'])} (top-1 %, last epoch, {n_val} held-out images). "

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dctkd.bench import bench_cli
+from dctkd.bench import bench_check_cli, bench_cli
 from dctkd.cli import evaluate_cli, train_cli
 from dctkd.data.download import download_cli
 from dctkd.data.toy import make_toy_scenes
@@ -24,7 +24,7 @@ from dctkd.tables import report_cli
 from dctkd.train import fit
 
 CLIS = dict(train=train_cli, evaluate=evaluate_cli, sweep=sweep_cli, report=report_cli, extract=extract_cli,
-            download=download_cli, bench=bench_cli, doctor=doctor_cli)
+            download=download_cli, bench=bench_cli, bench_check=bench_check_cli, doctor=doctor_cli)
 TINY = 'image_size=32 resize=36 batch_size=8 epochs=1 max_batches=1 workers=0 progress=false root={toy} out={W}/runs'.split()
 
 
@@ -143,6 +143,13 @@ CASES = [   # (script, arguments, what the message must name)
     ('download', ['imagenet', '{W}/dl'], 'imagenet'), ('download', ['toy', '{W}/random.pt'], 'random.pt'),
     ('download', ['toy', '{W}/dl', '--size', '0'], 'size'), ('download', ['mit67', '{W}/dl', '--mirror', 'notaurl'], 'notaurl'),
     ('download', ['mit67', '{W}/dl', '--sha256', 'xyz'], 'xyz'), ('download', ['mit67', '{W}/dl', '--bogus'], '--bogus'),
+    # the CPU benchmark's commands (refused before the pinned interpreter starts)
+    ('bench', ['--plan', '{W}/nope.yaml', '--out', '{W}/b', '--results', '{W}/br'], 'nope.yaml'),
+    ('bench', ['--kd-note', '{W}/nonote.md', '--out', '{W}/b', '--results', '{W}/br'], 'nonote.md'),
+    ('bench', ['--jobs', '0', '--out', '{W}/b', '--results', '{W}/br'], '--jobs 0'), ('bench', ['--threads', '0', '--out', '{W}/b'], '--threads 0'),
+    ('bench', ['--seeds', 'a,b', '--out', '{W}/b'], "--seeds 'a,b'"), ('bench', ['--seeds', '-1', '--out', '{W}/b'], "--seeds '-1'"),
+    ('bench', ['--report-only', '--out', '{W}/nothere', '--results', '{W}/br'], 'nothere'),
+    ('bench_check', ['--results', '{W}/nothere'], 'nothere'), ('bench_check', ['--results', '{W}/notrun'], 'cpu-bench-check.json'),
     # dctkd_doctor (refused before any check runs)
     ('doctor', ['--device', 'cuda:9' if torch.cuda.is_available() else 'cuda'], 'cuda'), ('doctor', ['--device', 'tpu'], 'tpu'),
     ('doctor', ['--budget', '-1'], '--budget'), ('doctor', ['--size', '0'], '--size'), ('doctor', ['--steps', '0'], '--steps'),
