@@ -402,21 +402,22 @@ class ContrastMemory(nn.Module):
         r = (torch.rand(B, self.K, device=index.device) * (self.N - 1)).long()
         return r + (r >= index[:, None])                                  # skip the sample itself
 
-    def forward(self, v_s, v_t, index, targets):
-        idx = torch.cat([index[:, None], self.negatives(index, targets)], 1)            # (B, K+1), positive first
-        out_t = torch.exp(torch.bmm(self.memory_s[idx].detach(), v_t[:, :, None]).squeeze(2) / self.tau)
-        out_s = torch.exp(torch.bmm(self.memory_t[idx].detach(), v_s[:, :, None]).squeeze(2) / self.tau)
-        Z = self.Z.clone()
-        if Z[0] < 0: Z[0] = out_s.mean().detach() * self.N
-        if Z[1] < 0: Z[1] = out_t.mean().detach() * self.N
-        if self.training:
-            self.Z.copy_(Z)
-            with torch.no_grad():
-                m = self.momentum
-                self.memory_s[index] = F.normalize(self.memory_s[index] * m + v_s.detach() * (1 - m), dim=1)
-                self.memory_t[index] = F.normalize(self.memory_t[index] * m + v_t.detach() * (1 - m), dim=1)
-        return out_s / Z[0], out_t / Z[1]
-
+# %% ../nbs/05_distillers.ipynb #875aeaa7
+@patch_to(ContrastMemory)
+def forward(self, v_s, v_t, index, targets):
+    idx = torch.cat([index[:, None], self.negatives(index, targets)], 1)            # (B, K+1), positive first
+    out_t = torch.exp(torch.bmm(self.memory_s[idx].detach(), v_t[:, :, None]).squeeze(2) / self.tau)
+    out_s = torch.exp(torch.bmm(self.memory_t[idx].detach(), v_s[:, :, None]).squeeze(2) / self.tau)
+    Z = self.Z.clone()
+    if Z[0] < 0: Z[0] = out_s.mean().detach() * self.N
+    if Z[1] < 0: Z[1] = out_t.mean().detach() * self.N
+    if self.training:
+        self.Z.copy_(Z)
+        with torch.no_grad():
+            m = self.momentum
+            self.memory_s[index] = F.normalize(self.memory_s[index] * m + v_s.detach() * (1 - m), dim=1)
+            self.memory_t[index] = F.normalize(self.memory_t[index] * m + v_t.detach() * (1 - m), dim=1)
+    return out_s / Z[0], out_t / Z[1]
 
 # %% ../nbs/05_distillers.ipynb #412a0a97
 def nce_loss(x:torch.Tensor, # (B, K+1) scores, the positive first

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
+from fastcore.basics import patch_to
 from tqdm.auto import tqdm
 
 import dctkd.compat  # noqa: F401  (before torchvision)
@@ -161,30 +162,34 @@ class CachedDataset(torch.utils.data.Dataset):
         c = a[:, top:top + s, left:left + s]
         return torch.from_numpy(np.array(c[:, :, ::-1] if flip else c))   # one copy (the map is read-only)
 
-    def __getitem__(self, i):
-        s, p, mode = self.spec.size, self.spec.padding, self.spec.mode
-        h, w = (int(v) + 2 * p for v in self.shapes[i])
-        if mode == 'train':   # the draws of torchvision's RandomCrop then RandomHorizontalFlip, in their order
-            if h < s or w < s: raise ValueError(f"crop size {s} is larger than cached image {i} ({h}×{w}); lower size or raise resize")
-            top = int(torch.randint(0, h - s + 1, size=())) if h > s else 0
-            left = int(torch.randint(0, w - s + 1, size=())) if w > s else 0
-            x = self.crop(i, top, left, bool(torch.rand(1) < 0.5))
-        elif mode == 'eval':
-            x = (self.crop(i, int(round((h - s) / 2.0)), int(round((w - s) / 2.0))) if h >= s and w >= s
-                 else TF.center_crop(self.image(i), [s]))          # torchvision pads images smaller than the crop
-        else: x = torch.stack(TF.ten_crop(self.image(i), [s, s]))
-        return x, self.targets[i], i
+# %% ../../nbs/08_cache.ipynb #053df69c
+@patch_to(CachedDataset)
+def __getitem__(self, i):
+    s, p, mode = self.spec.size, self.spec.padding, self.spec.mode
+    h, w = (int(v) + 2 * p for v in self.shapes[i])
+    if mode == 'train':   # the draws of torchvision's RandomCrop then RandomHorizontalFlip, in their order
+        if h < s or w < s: raise ValueError(f"crop size {s} is larger than cached image {i} ({h}×{w}); lower size or raise resize")
+        top = int(torch.randint(0, h - s + 1, size=())) if h > s else 0
+        left = int(torch.randint(0, w - s + 1, size=())) if w > s else 0
+        x = self.crop(i, top, left, bool(torch.rand(1) < 0.5))
+    elif mode == 'eval':
+        x = (self.crop(i, int(round((h - s) / 2.0)), int(round((w - s) / 2.0))) if h >= s and w >= s
+             else TF.center_crop(self.image(i), [s]))          # torchvision pads images smaller than the crop
+    else: x = torch.stack(TF.ten_crop(self.image(i), [s, s]))
+    return x, self.targets[i], i
 
-    def batch_transform(self, x:torch.Tensor, out:torch.Tensor=None) -> torch.Tensor:
-        "uint8 images (..., 3, H, W) -> float32 in [0, 1], normalised (torchvision's arithmetic) on `x`'s device; into `out` if given."
-        if x.dtype != torch.uint8: raise TypeError(f"batch_transform expects uint8 images, got {x.dtype}")
-        if out is None: y = TF.to_dtype(x, torch.float32, scale=True)
-        else: y = out.copy_(x).mul_(1.0 / 255)        # exactly what TF.to_dtype(scale=True) computes, into `out`
-        return TF.normalize(y, self.mean, self.std, inplace=True)   # in place on our own new tensor: 40% faster, same bits
+@patch_to(CachedDataset)
+def batch_transform(self, x:torch.Tensor, out:torch.Tensor=None) -> torch.Tensor:
+    "uint8 images (..., 3, H, W) -> float32 in [0, 1], normalised (torchvision's arithmetic) on `x`'s device; into `out` if given."
+    if x.dtype != torch.uint8: raise TypeError(f"batch_transform expects uint8 images, got {x.dtype}")
+    if out is None: y = TF.to_dtype(x, torch.float32, scale=True)
+    else: y = out.copy_(x).mul_(1.0 / 255)        # exactly what TF.to_dtype(scale=True) computes, into `out`
+    return TF.normalize(y, self.mean, self.std, inplace=True)   # in place on our own new tensor: 40% faster, same bits
 
-    def __repr__(self):
-        return (f"CachedDataset({self.name!r}, split={self.split!r}, {len(self)} images, {self.spec.mode} {self.spec.size}px "
-                f"from short side {self.spec.short_side}, {self.data_path.stat().st_size / 2**20:.1f} MiB at '{self.data_path}')")
+@patch_to(CachedDataset)
+def __repr__(self):
+    return (f"CachedDataset({self.name!r}, split={self.split!r}, {len(self)} images, {self.spec.mode} {self.spec.size}px "
+            f"from short side {self.spec.short_side}, {self.data_path.stat().st_size / 2**20:.1f} MiB at '{self.data_path}')")
 
 # %% ../../nbs/08_cache.ipynb #5b668a61
 class DeviceLoader:
