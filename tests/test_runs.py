@@ -243,3 +243,24 @@ def test_the_package_import_graph_has_no_cycle():
     for m in sorted(graph):
         if m not in state: visit(m)
     assert graph['dctkd.train'] and 'dctkd.train' not in graph['dctkd.evaluate']
+
+
+def test_only_runs_spells_a_run_folders_file_names():
+    "`dctkd.runs` is the one room that knows a run folder: no other module holds one of its names as a string of its own."
+    import dctkd
+    from dctkd import runs
+    names = {runs.CONFIG, runs.RESUMES, runs.METRICS, runs.SUMMARY, runs.SUMMARY_MD, runs.CURVES, runs.LOCK, runs.TENSORBOARD,
+             runs.EXECUTED, 'checkpoints', runs.LATEST.name, runs.BEST.name, str(runs.LATEST), str(runs.BEST)}
+    allowed = {('check.py', 'checkpoints'): "torch.hub's own checkpoints folder", ('check.py', 'tensorboard'): 'the module name',
+               ('config.py', 'tensorboard'): 'the config key', ('plan.py', 'train.ipynb'): 'the shipped experiment notebook'}
+    pkg = Path(dctkd.__file__).parent
+    found = []
+    for f in sorted(pkg.rglob('*.py')):
+        if f.name in ('runs.py', '_modidx.py'): continue
+        tree = ast.parse(f.read_text())
+        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}   # pieces of f-strings (other files' names)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and id(node) not in parts and node.value in names and (f.name, node.value) not in allowed:
+                found.append(f"{f.relative_to(pkg)}:{node.lineno} {node.value!r}")
+    assert not found, found
+    assert len(names) >= 12
