@@ -4,10 +4,11 @@ A student of the CPU benchmark as its plan says (nbs/experiments/plans/cpu-bench
 ResNet-8 from a ResNet-20 teacher on the toy bench scenes at 32 px, 10 labelled images per class, batch 16, 30 epochs,
 cpu-toy's workers=0) trained by `fit`, its parts timed by wrapping the trainer's own functions. The teacher is a short
 stand-in (its speed is what matters, not its accuracy). Variants: `before` the settings before issue 25 (validation every
-epoch, TensorBoard when installed, each term's gradient norm every 5th batch as the plan logs it), `plan` the plan's own
-settings (no TensorBoard), and others on top of the plan (`plan-tb`: with TensorBoard, its cost alone). Each round trains one run of every variant, in a rotated order; the table gives
+epoch, TensorBoard when installed, contiguous tensors, each term's gradient norm every 5th batch as the plan logs it), `plan`
+the plan's own settings (no TensorBoard; channels_last, the CPU default for the CIFAR nets), and others on top of the plan
+(`plan-contiguous`: without channels_last, its gain alone; `plan-tb`: with TensorBoard, its cost alone). Each round trains one run of every variant, in a rotated order; the table gives
 median [min–max] seconds over the rounds and each variant's CPU and wall time against the first variant's, per round.
-Usage: `python benchmarks/split.py [--epochs 30] [--rounds 3] [--variants before plan plan-tb] [--quick] [--out DIR]`.
+Usage: `python benchmarks/split.py [--epochs 30] [--rounds 3] [--variants before plan-contiguous plan] [--quick] [--out DIR]`.
 """
 import contextlib
 import time
@@ -25,7 +26,8 @@ from common import Report, arguments, fmt, parse, ratios
 
 QUICK = dict(epochs=2, rounds=1, per_class=40)
 # name -> config keys on top of the plan's student (`before`: what the plan's settings replaced)
-VARIANTS = {'before': {'val_every': 1, 'tensorboard': 'auto'}, 'plan': {}, 'plan-tb': {'tensorboard': 'auto'},
+VARIANTS = {'before': {'val_every': 1, 'tensorboard': 'auto', 'channels_last': 'off'}, 'plan': {}, 'plan-tb': {'tensorboard': 'auto'},
+            'plan-contiguous': {'channels_last': 'off'},
             'nognorm': {'log_gnorm': 0}, 'val1': {'val_every': 1}}
 ROW = 'dct-kd'                     # the plan's row timed here
 PARTS = ['step', 'teacher', 'data', 'validation', 'checkpoint', 'logging', 'summary', 'setup']
@@ -91,7 +93,7 @@ def main():
     ap.add_argument('--epochs', type=int, default=None, help="the student's epochs (default: the plan's)")
     ap.add_argument('--rounds', type=int, default=3, help='interleaved rounds; medians and ranges are over these')
     ap.add_argument('--per-class', type=int, default=TOY_BENCH['n_per_class'], help=f"toy scenes per class (the benchmark's: {TOY_BENCH['n_per_class']}, half held out)")
-    ap.add_argument('--variants', nargs='+', default=['before', 'plan', 'plan-tb'], choices=list(VARIANTS))
+    ap.add_argument('--variants', nargs='+', default=['before', 'plan-contiguous', 'plan'], choices=list(VARIANTS))
     ap.set_defaults(threads=1)
     a = parse(ap)
     plan = load_plan(plan_path('cpu-bench'))

@@ -1,15 +1,18 @@
 """The outer layer end to end, through the installed commands: every mistake is a usage error before anything trains
 (no traceback, nothing created), run folders travel between working directories, files follow the umask."""
+import contextlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
 
-from dctkd.cli import evaluate_cli
+from dctkd.cli import evaluate_cli, train_cli
 from dctkd.data.toy import make_toy_scenes
 from dctkd.runs import read_checkpoint
 from dctkd.train import fit
@@ -35,12 +38,23 @@ def _cli(cmd, *args, cwd):
     return r.returncode, r.stdout, r.stderr
 
 
+def _train_cli_here(argv, cwd, monkeypatch):
+    "`dctkd_train`'s entry point called in this process from `cwd`: (exit code, stderr); any traceback is caught in stderr."
+    monkeypatch.chdir(cwd)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try: code = train_cli(argv)
+        except SystemExit as e: code = e.code
+        except Exception: traceback.print_exc(); code = 'traceback'
+    return code, err.getvalue()
+
+
 def _tree(folder):
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob('*'))
 
 
 @pytest.mark.parametrize('case', ['mistyped toy root', 'missing teacher', 'dct with a 1x1 stage', 'empty training list', 'corrupt teacher'])
-def test_dry_run_refuses_each_mistake_naming_it_and_creates_nothing(case, toy, teacher, tmp_path):
+def test_dry_run_refuses_each_mistake_naming_it_and_creates_nothing(case, toy, teacher, tmp_path, monkeypatch):
     empty = tmp_path / 'empty-list'
     if case == 'empty training list':
         shutil.copytree(toy, empty); (empty / 'TrainImages.txt').write_text('')
@@ -54,7 +68,8 @@ def test_dry_run_refuses_each_mistake_naming_it_and_creates_nothing(case, toy, t
     }[case]
     before = _tree(tmp_path)
     for dry in (['--dry-run'], []):                                          # the dry run, and a real start: the same refusal
-        code, out, err = _cli('dctkd_train', *args, *dry, 'out=runs', cwd=tmp_path)
+        if case == 'mistyped toy root': code, out, err = _cli('dctkd_train', *args, *dry, 'out=runs', cwd=tmp_path)   # the installed command
+        else: code, err = _train_cli_here([*args, *dry, 'out=runs'], tmp_path, monkeypatch)                          # its entry point, faster
         assert code == 2 and culprit in err and 'Traceback' not in err, (case, code, err[-2000:])
         assert _tree(tmp_path) == before, case                                # nothing trained, generated or created
 
