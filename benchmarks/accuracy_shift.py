@@ -6,9 +6,9 @@ Usage: `python benchmarks/accuracy_shift.py --before 4852c94:benchmarks/results/
         --after benchmarks/results/cpu-bench.csv [--title ...] [--out benchmarks/results]`.
 """
 import argparse
-import io
 import json
 import subprocess
+import tempfile
 from pathlib import Path
 
 from dctkd.bench import paired_delta, read_bench_csv
@@ -19,11 +19,9 @@ def read(spec: str) -> list:
     if Path(spec).is_file(): return read_bench_csv(spec)
     rev, _, path = spec.partition(':')
     text = subprocess.run(['git', 'show', f'{rev}:{path}'], capture_output=True, text=True, check=True).stdout
-    tmp = io.StringIO(text)
-    import tempfile
-    with tempfile.NamedTemporaryFile('w', suffix='.csv', delete=False) as f: f.write(tmp.read())
-    try: return read_bench_csv(f.name)
-    finally: Path(f.name).unlink()
+    with tempfile.TemporaryDirectory() as d:                 # read_bench_csv reads (and checks) a file
+        (Path(d) / 'cpu-bench.csv').write_text(text)
+        return read_bench_csv(Path(d) / 'cpu-bench.csv')
 
 
 def by_row(rows) -> dict:

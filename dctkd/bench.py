@@ -533,10 +533,10 @@ def bench_report(out,                          # the sweep folder (its runs/ and
     meta.setdefault('date', fp['date']); meta.setdefault('fingerprint', fingerprint_line(fp))
     meta['runs'] = (f"{n} runs, {total:.0f} s ({total / 60:.1f} min) of training in all (the sum of sweep.json's per-run times; "
                     f"{total / max(n, 1):.0f} s per run on average, the longest {longest:.0f} s)")
-    if span := _span(status):                          # every call of a resumed benchmark, not only the last
-        workers = meta.get('budget', '').split(';')[0] or 'worker processes'
-        meta['budget'] = (f"{workers}; {total / 60:.1f} run-minutes from the first run's start to the last run's end, {span / 60:.1f} "
-                          f"wall-minutes ({total / span:.2f} runs in parallel on average); target: under 30 minutes on 2 cores")
+    span = _span(status)                               # every call of a resumed benchmark, not only the last
+    meta['budget'] = (f"{meta.get('workers', 'worker processes')}; {total / 60:.1f} run-minutes from the first run's start to the last "
+                      f"run's end, {span / 60:.1f} wall-minutes ({total / max(span, 1e-9):.2f} runs in parallel on average); target: under 30 "
+                      "minutes on 2 cores")
     meta['figures'] = {k: paths[k].name for k in figs}
     if kd: meta['kd'] = '\n\n'.join(x for x in (meta.get('kd'), kd_text(kd_summary(rows, kd), rows)) if x)
     atomic_text(paths['md'], bench_markdown(rows, meta))
@@ -575,14 +575,12 @@ def run_bench(plan=None,                       # plan path (default `bench_plan(
     wall = time.time() - t0
     done = sum(v['status'] == 'done' for v in status['jobs'].values())
     pm = plan_meta(spec, data, None if isinstance(plan, dict) else plan or bench_plan())
-    total = _run_times(status)[0]
     meta = {'command': f"`{fp['command']}`",
             'wall': f"{wall:.0f} s ({wall / 60:.1f} min) for this call ({done} of {len(status['jobs'])} runs done; runs finished "
                     "earlier are resumed, not retrained), data generation included",
-            'budget': f"{jobs} worker process(es) × {threads or 'default'} thread(s); {total / 60:.1f} run-minutes in {wall / 60:.1f} "
-                      f"wall-minutes ({total / max(wall, 1e-9):.2f} runs in parallel on average); target: under 30 minutes on 2 cores",
+            'workers': f"{jobs} worker process(es) × {threads or 'default'} thread(s)",
             'load': f"load average (1 / 5 / 15 min) {fp['load']} at the start, {_load()} at the end", **pm, 'note': note}
-    atomic_text(Path(out) / 'bench-meta.json', json.dumps({k: meta[k] for k in ('command', 'wall', 'budget', 'load') if meta.get(k)}, indent=1))
+    atomic_text(Path(out) / 'bench-meta.json', json.dumps({k: meta[k] for k in ('command', 'wall', 'workers', 'load') if meta.get(k)}, indent=1))
     if kd_note: meta['kd'] = kd_note
     paths = bench_report(out, results, meta, fp=fp, check=check, data=data, seeds=spec['seeds'], log=log)
     log(f"benchmark finished in {wall:.0f} s; report: {paths['md']}")
@@ -608,8 +606,8 @@ def bench_cli(argv=None):
         if getattr(a, k) and not Path(getattr(a, k)).is_file(): ap.error(f"--{k.replace('_', '-')} {getattr(a, k)}: no such file")
     if a.jobs < 1 or a.threads < 1: ap.error(f"--jobs {a.jobs} --threads {a.threads}: each must be ≥ 1")
     try: seeds = [int(s) for s in a.seeds.split(',')] if a.seeds else None
-    except ValueError: seeds = [-1]
-    if seeds is not None and min(seeds) < 0: ap.error(f"--seeds {a.seeds!r}: comma-separated integers ≥ 0, e.g. 0,1,2")
+    except ValueError: seeds = []
+    if seeds is not None and (not seeds or min(seeds) < 0): ap.error(f"--seeds {a.seeds!r}: comma-separated integers ≥ 0, e.g. 0,1,2")
     if a.report_only and not (Path(a.out) / 'sweep.json').is_file(): ap.error(f"--report-only: {a.out} holds no benchmark (no sweep.json)")
     args = list(sys.argv[1:] if argv is None else argv)
     if not a.unpinned and not pinned(): return run_pinned('bench_cli', args)

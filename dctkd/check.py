@@ -57,19 +57,21 @@ def resolve(cfg:TrainConfig=None, # a whole config, or None
     return dataclasses.replace(new, resume=resume), resume, changed
 
 # %% ../nbs/14a_check.ipynb #742003ed
-def check_device(device:str) -> str:
+def check_device(device:str,              # a config's device, or a command's --device
+                 name:str='config device=', # how messages name it (a command: '--device ')
+                ) -> str:
     "`device` (a config's) when this machine has it ('' : cuda when available, else cpu); else a UsageError naming the key and value."
     if not device: return device
     try: dev = torch.device(device)
-    except (RuntimeError, ValueError): raise UsageError(f"config device={device!r}: not a device name; use '', 'cpu', 'cuda' or 'cuda:N'") from None
+    except (RuntimeError, ValueError): raise UsageError(f"{name}{device!r}: not a device name; use '', 'cpu', 'cuda' or 'cuda:N'") from None
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
-            raise UsageError(f"config device={device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); "
+            raise UsageError(f"{name}{device!r}: this machine has no usable CUDA GPU (torch {torch.__version__}); "
                              "use device=cpu, or leave device empty to pick cuda when available")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"config device={device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
+            raise UsageError(f"{name}{device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) (cuda:0 ...)")
     elif dev.type != 'cpu' and not (dev.type == 'mps' and torch.backends.mps.is_available()):
-        raise UsageError(f"config device={device!r}: not available here; use '', 'cpu' or 'cuda'")
+        raise UsageError(f"{name}{device!r}: not available here; use '', 'cpu' or 'cuda'")
     return device
 
 def check_tensorboard(mode:str):

@@ -293,8 +293,8 @@ def doctor_cli(argv=None):
     ap.add_argument('--size', type=int, default=None); ap.add_argument('--batch', type=int, default=None)
     ap.add_argument('--steps', type=int, default=None)
     a = ap.parse_args(argv)
-    try: check_device(a.device or '')
-    except UsageError as e: ap.error(str(e).replace('config device=', '--device '))
+    try: check_device(a.device or '', '--device ')
+    except UsageError as e: ap.error(str(e))
     if not a.budget > 0: ap.error(f"--budget {a.budget}: seconds, > 0")
     for k in ('size', 'batch', 'steps'):
         if getattr(a, k) is not None and getattr(a, k) < 1: ap.error(f"--{k} {getattr(a, k)}: must be ≥ 1")

@@ -235,8 +235,8 @@ def extract_cli(argv=None):
     args = ap.parse_args(argv)
     if args.batch_size < 1: ap.error(f"--batch-size {args.batch_size}: must be ≥ 1")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")
-    try: check_device(args.device or '')
-    except UsageError as e: ap.error(str(e).replace('config device=', '--device '))
+    try: check_device(args.device or '', '--device ')
+    except UsageError as e: ap.error(str(e))
     try: folder = extract_attention(args.run, args.split, args.n, indices=args.indices, root=args.root, out=args.out,
                                     batch_size=args.batch_size, device=args.device)
     except (ValueError, FileNotFoundError, IndexError) as e: ap.error(str(e))

@@ -244,11 +244,11 @@ def report_cli(argv=None):
     ap.add_argument('--plan', default=None, help="plan YAML: its expected: values (the paper's) are shown alongside, its row:/column: labels lay out ablations")
     ap.add_argument('--out', default=None, help='write report.md/.csv/.png here (default: print only)')
     args = ap.parse_args(argv)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")   # before any work
     try:
         plan = load_plan(args.plan) if args.plan else None
         agg = aggregate(args.runs_root, expected=expected_from_plan(plan) if plan else None, plan=plan)
     except (FileNotFoundError, PlanError) as e: ap.error(str(e))
     print(report_markdown(agg))
-    if args.out and Path(args.out).exists() and not Path(args.out).is_dir(): ap.error(f"--out {args.out}: not a folder")
     if args.out: print(f"written: {', '.join(map(str, write_report(agg, args.out).values()))}")
     return 0
